@@ -1,0 +1,234 @@
+"""Typed run configuration: dataclasses, YAML files and dotted `--set key=value` overrides.
+
+Every value is checked against its field's type and range when the config is built, so a typo or a bad value
+fails at the command line with a message that names the key, never deep inside training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from gptlab.errors import ConfigError
+
+PositionKind = Literal["learned", "sinusoidal", "rope", "alibi", "none"]
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 50257  # set from the data's tokenizer when training
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    dropout: float = 0.0
+    bias: bool = True
+    positions: PositionKind = "learned"
+    rope_base: float = 10000.0
+    rope_fraction: float = 1.0  # share of each head's dimensions that RoPE rotates
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):
+            _require(getattr(self, name) > 0, f"model.{name}", f"must be positive, got {getattr(self, name)}")
+        _require(self.n_embd % self.n_head == 0, "model.n_embd",
+                 f"{self.n_embd} is not divisible by model.n_head={self.n_head}; pick n_embd = n_head × head size")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        _require(self.rope_base > 1.0, "model.rope_base", f"must be > 1, got {self.rope_base}")
+        _require(0.0 < self.rope_fraction <= 1.0, "model.rope_fraction", f"must be in (0, 1], got {self.rope_fraction}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 2000
+    batch_size: int = 12
+    grad_accum: int = 1  # micro-batches per optimizer step; the loss is the same mean at any split
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 turns clipping off
+    eval_every: int = 250
+    eval_batches: int = 20
+    checkpoint_every: int = 500
+    log_every: int = 10
+    seed: int = 1337
+    dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 = autocast; weights stay fp32
+    threads: int = 0  # 0 = one per core
+    device: Literal["cpu", "cuda"] = "cpu"
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches",
+                     "checkpoint_every", "log_every"):
+            _require(getattr(self, name) > 0, f"train.{name}", f"must be positive, got {getattr(self, name)}")
+        _require(self.lr > 0, "train.lr", f"must be positive, got {self.lr}")
+        _require(0 <= self.min_lr <= self.lr, "train.min_lr", f"must be in [0, train.lr={self.lr}], got {self.min_lr}")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(0 <= self.beta1 < 1, "train.beta1", f"must be in [0, 1), got {self.beta1}")
+        _require(0 <= self.beta2 < 1, "train.beta2", f"must be in [0, 1), got {self.beta2}")
+        _require(self.eps > 0, "train.eps", f"must be positive, got {self.eps}")
+        _require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+        _require(self.threads >= 0, "train.threads", f"must be >= 0 (0 = one per core), got {self.threads}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dict <-> dataclass, with type checks that name the key
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _valid_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys += _valid_keys(tp, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` against the field type `tp`; strings from the command line are parsed here."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {tp}")  # a programming error, not a user one
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "", root: type | None = None) -> Any:
+    root = root or cls
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in hints:
+            raise ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(_valid_keys(root))}")
+        tp = hints[name]
+        values[name] = from_dict(tp, value, f"{key}.", root) if dataclasses.is_dataclass(tp) else _coerce(tp, value, key)
+    return cls(**values)
+
+
+def parse_override(text: str) -> tuple[list[str], str]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set model.n_layer=6")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), value.strip()
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Return a copy of `cfg` with dotted `key=value` overrides applied and the whole config re-validated."""
+    data = to_dict(cfg)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"unknown config key '{'.'.join(path)}'; valid keys: {', '.join(_valid_keys(type(cfg)))}")
+            node = node[part]
+        if path[-1] not in node or isinstance(node[path[-1]], dict):
+            raise ConfigError(f"unknown config key '{'.'.join(path)}'; valid keys: {', '.join(_valid_keys(type(cfg)))}")
+        node[path[-1]] = value  # a string: _coerce parses it against the field type
+    return from_dict(type(cfg), data)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping such as 'model: {{n_layer: 4}}'")
+    return data
+
+
+def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(config_file: str | Path | None = None, overrides: list[str] | None = None,
+                 base: RunConfig | None = None) -> RunConfig:
+    """Defaults (or `base`) ← YAML file ← `--set` overrides, validated at each step."""
+    data = to_dict(base or RunConfig())
+    if config_file is not None:
+        data = merge_dicts(data, load_yaml(config_file))
+    cfg = from_dict(RunConfig, data)
+    return apply_overrides(cfg, overrides or [])
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    from gptlab.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    return dataclasses.replace(cfg, **changes)

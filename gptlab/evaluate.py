@@ -1,0 +1,54 @@
+"""Loss and perplexity on a token split, at one or several context lengths, with the loss per position."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gptlab.errors import GptlabError
+from gptlab.model import GPT
+
+
+@dataclass
+class EvalResult:
+    length: int
+    loss: float
+    perplexity: float
+    tokens: int
+    per_position: list[float]  # mean loss of the token at position t of a window
+
+
+@torch.no_grad()
+def evaluate(model: GPT, tokens: np.ndarray, length: int, batch_size: int = 8, max_windows: int | None = None,
+             dtype: torch.dtype | None = None) -> EvalResult:
+    """Mean next-token loss over non-overlapping windows of `length` tokens covering the split.
+
+    `max_windows` evenly thins the windows for a quicker estimate on a long split.
+    """
+    limit = model.max_positions()
+    if limit is not None and length > limit:
+        raise GptlabError(f"cannot evaluate at length {length}: this model's learned position table has {limit} "
+                          "positions (model.block_size)")
+    n_windows = (len(tokens) - 1) // length
+    if n_windows < 1:
+        raise GptlabError(f"the split has {len(tokens)} tokens, too few for one window of {length}")
+    starts = np.arange(n_windows) * length
+    if max_windows is not None and n_windows > max_windows:
+        starts = starts[np.linspace(0, n_windows - 1, max_windows).round().astype(int)]
+    model.eval()
+    device = model.wte.weight.device
+    position_sum = torch.zeros(length, dtype=torch.float64)
+    for i in range(0, len(starts), batch_size):
+        rows = np.stack([tokens[s: s + length + 1] for s in starts[i: i + batch_size]]).astype(np.int64)
+        batch = torch.from_numpy(rows).to(device)
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype == torch.bfloat16):
+            logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:], reduction="none")  # (B, T)
+        position_sum += loss.sum(0).double().cpu()
+    per_position = (position_sum / len(starts)).tolist()
+    mean = float(sum(per_position) / length)
+    return EvalResult(length, mean, math.exp(mean), len(starts) * length, per_position)

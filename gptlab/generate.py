@@ -1,0 +1,92 @@
+"""Sampling with the KV cache: greedy (temperature 0), temperature, top-k and top-p (nucleus)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from gptlab.errors import GptlabError
+from gptlab.model import GPT
+from gptlab.tokenizers import Tokenizer
+
+
+def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Set to -inf every logit outside the top-k and outside the smallest set whose probability reaches top-p."""
+    if top_k is not None and 0 < top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def next_token(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+               generator: torch.Generator | None) -> Tensor:
+    """(B, V) logits of the last position → (B,) token ids."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, seed: int | None = None, use_cache: bool = True) -> Iterator[int]:
+    """Yield `max_new_tokens` new token ids one at a time.
+
+    A model with a bounded position table (learned positions) keeps a sliding window: when the context is
+    full, the cache is rebuilt from the last three quarters of the window and decoding continues.
+    """
+    if not prompt:
+        raise GptlabError("the prompt is empty; give at least one token of text")
+    limit = model.max_positions()
+    if limit is not None and len(prompt) > limit:
+        raise GptlabError(f"the prompt is {len(prompt)} tokens but this model's context is {limit} "
+                          "(model.block_size, learned positions); shorten the prompt")
+    device = model.wte.weight.device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    tokens = list(prompt)
+    capacity = limit if limit is not None else len(prompt) + max_new_tokens
+    cache = model.new_cache(1, capacity) if use_cache else None
+    logits = model(torch.tensor([tokens], device=device), cache=cache)[:, -1]
+    for i in range(max_new_tokens):
+        tok = next_token(logits, temperature, top_k, top_p, generator)
+        tokens.append(int(tok))
+        yield int(tok)
+        if i == max_new_tokens - 1:
+            break
+        if not use_cache:
+            window = tokens[-limit:] if limit is not None else tokens
+            logits = model(torch.tensor([window], device=device))[:, -1]
+        elif cache.length < capacity:
+            logits = model(tok.view(1, 1), cache=cache)[:, -1]
+        else:  # the window is full: restart it on the most recent tokens
+            cache.reset()
+            window = tokens[-(3 * capacity) // 4:]
+            logits = model(torch.tensor([window], device=device), cache=cache)[:, -1]
+
+
+class StreamingDecoder:
+    """Turns a stream of token ids into text pieces, holding back bytes of a character not yet complete."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer, self.ids, self.emitted = tokenizer, [], 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the rest
+            return ""
+        piece, self.emitted = text[self.emitted:], len(text)
+        return piece
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        piece, self.emitted = text[self.emitted:], len(text)
+        return piece

@@ -1,0 +1,58 @@
+"""`gptlab quickstart`: prepare the built-in corpus, train a small model, print samples, write a report."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+
+from gptlab.config import build_config
+from gptlab.data import prepare
+from gptlab.generate import generate
+from gptlab.report import write_summary
+from gptlab.run import is_run, load_model
+from gptlab.train.loop import resume, train
+
+PROMPTS = ["HAMLET.\n", "To be, or not", "KING."]
+
+
+def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None = None,
+               max_steps: int | None = None) -> Path:
+    out = Path(out)
+    overrides = list(overrides or []) + ([f"train.max_steps={max_steps}"] if max_steps else [])
+    t0 = time.perf_counter()
+    print("1/3 preparing the complete works of Shakespeare (char level) ...", flush=True)
+    meta = prepare("shakespeare", out / "data", "char")
+    print(f"    {meta['train_tokens']:,} train / {meta['val_tokens']:,} val characters, vocabulary {meta['vocab_size']}, "
+          f"{len(meta['split']['val_documents'])} works held out for validation", flush=True)
+    run_dir = out / "run"
+    print(f"2/3 training into {run_dir} ...", flush=True)
+    if is_run(run_dir):  # an interrupted quickstart picks up where it stopped
+        summary = resume(run_dir, [o for o in overrides if o.startswith("train.max_steps=")])
+    else:
+        cfg_file = resources.files("gptlab") / "configs" / "quickstart.yaml"
+        with resources.as_file(cfg_file) as path:
+            cfg = build_config(path, overrides)
+        summary = train(out / "data", run_dir, cfg)
+    print("3/3 sampling ...", flush=True)
+    model, tok, cfg = load_model(run_dir, "best")
+    samples = []
+    for i, prompt in enumerate(PROMPTS):
+        text = prompt + tok.decode(generate(model, tok.encode(prompt), 300, temperature=0.8, top_k=40, seed=i))
+        samples.append(text)
+        print("-" * 60 + "\n" + text, flush=True)
+    wall = time.perf_counter() - t0
+    m = cfg.model
+    facts = {
+        "corpus": f"complete works of Shakespeare, char level ({meta['vocab_size']} symbols)",
+        "model": f"{m.n_layer} layers, {m.n_head} heads, d {m.n_embd}, context {m.block_size}, "
+                 f"{summary['parameters']:,} parameters",
+        "training": f"{summary['step']} steps × {cfg.train.batch_size} × {m.block_size} tokens, "
+                    f"{summary['elapsed_s']:.0f} s, {summary['tokens_per_s']:,.0f} tokens/s",
+        "best val loss": f"{summary['best_val_loss']:.4f} nats/char",
+        "quickstart wall time": f"{wall:.0f} s",
+    }
+    report = write_summary(run_dir, "gptlab quickstart", facts, samples)
+    print("-" * 60)
+    print(f"best val loss {summary['best_val_loss']:.4f}; wall time {wall:.0f} s; report: {report}")
+    return report

@@ -1,0 +1,57 @@
+"""Shared fixtures: a small synthetic corpus, data directories made from it, tiny model configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gptlab.config import RunConfig, build_config
+from gptlab.data import prepare
+
+# Tests never reach the network, and two xdist workers on two cores each get one thread.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(1)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+WORDS = ("the king queen lord lady sword crown night day love death heart speak hath thou thee my our "
+         "what shall be not to and of in is it with").split()
+
+
+def make_text(n_words: int, seed: int) -> str:
+    """Pseudo-verse with a learnable structure (capitalised line starts, punctuation, line breaks)."""
+    rng = np.random.default_rng(seed)
+    lines, line = [], []
+    for w in rng.choice(WORDS, size=n_words):
+        line.append(str(w))
+        if len(line) >= rng.integers(5, 9):
+            lines.append(" ".join(line).capitalize() + rng.choice([",", ".", ";", "!"]))
+            line = []
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """Twelve documents: enough for a split by document."""
+    d = tmp_path_factory.mktemp("corpus")
+    for i in range(12):
+        (d / f"work_{i:02d}.txt").write_text(make_text(1500, seed=i), encoding="utf-8")
+    return d
+
+
+@pytest.fixture(scope="session")
+def char_data(corpus_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "char"
+    prepare(corpus_dir, out, "char")
+    return out
+
+
+def tiny_config(*overrides: str) -> RunConfig:
+    base = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+            "train.batch_size=4", "train.max_steps=20", "train.eval_every=10", "train.eval_batches=2",
+            "train.log_every=1", "train.checkpoint_every=10", "train.warmup_steps=2", "train.threads=1"]
+    return build_config(overrides=base + list(overrides))

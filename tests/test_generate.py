@@ -1,0 +1,59 @@
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from gptlab.config import ModelConfig
+from gptlab.errors import GptlabError
+from gptlab.generate import StreamingDecoder, filter_logits, generate
+from gptlab.model import GPT
+from gptlab.tokenizers import BPETokenizer
+
+
+def model(positions="learned", block=32):
+    torch.manual_seed(0)
+    return GPT(ModelConfig(vocab_size=61, n_layer=2, n_head=2, n_embd=32, block_size=block,
+                           positions=positions)).eval()
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope", "alibi"])
+def test_greedy_with_and_without_cache_agree(positions):
+    m = model(positions)
+    prompt = [3, 14, 15, 9, 2]
+    with_cache = list(generate(m, prompt, 40, temperature=0))
+    without = list(generate(m, prompt, 40, temperature=0, use_cache=False))
+    assert with_cache == without and len(with_cache) == 40  # 45 tokens: past the 32-token window too
+
+
+def test_seeded_sampling_repeats():
+    m = model()
+    a = list(generate(m, [1, 2], 20, temperature=1.0, top_k=10, seed=7))
+    b = list(generate(m, [1, 2], 20, temperature=1.0, top_k=10, seed=7))
+    assert a == b
+
+
+def test_prompt_longer_than_learned_context_is_refused():
+    with pytest.raises(GptlabError, match="the prompt is 40 tokens but this model's context is 32"):
+        list(generate(model(), list(range(40)), 5))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-20, 20), min_size=2, max_size=30), st.integers(1, 30), st.floats(0.05, 0.99))
+def test_top_k_and_top_p_keep_the_right_tokens(values, k, p):
+    logits = torch.tensor([values])
+    kept_k = torch.isfinite(filter_logits(logits, top_k=k)).sum().item()
+    assert kept_k >= min(k, len(values))  # ties at the k-th value are kept
+    filtered = filter_logits(logits, top_p=p)
+    kept = torch.isfinite(filtered)[0]
+    probs = logits.softmax(-1)[0]
+    assert kept[probs.argmax()]  # the most likely token always survives
+    assert probs[kept].sum() >= p - 1e-6  # the kept set reaches p ...
+    smallest_kept = probs[kept].min()
+    assert probs[kept].sum() - smallest_kept < p + 1e-6  # ... and is minimal
+
+
+def test_streaming_decoder_never_splits_a_character():
+    tok = BPETokenizer.train(["ab" * 50], vocab_size=260)
+    ids = tok.encode("héllo ☃ wörld")
+    dec = StreamingDecoder(tok)
+    pieces = [dec.push(i) for i in ids] + [dec.flush()]
+    assert "".join(pieces) == "héllo ☃ wörld" and not any("\ufffd" in p for p in pieces)

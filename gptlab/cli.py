@@ -21,6 +21,8 @@ examples:
   gptlab sample --run runs/small --prompt "ROMEO." --max-new-tokens 300 --temperature 0.8 --top-k 40
   gptlab eval --run runs/small --lengths 64,128,256
   gptlab bench train --set model.n_layer=4 --set model.n_embd=128
+  gptlab export hf --run runs/small --out runs/small-hf
+  gptlab import hf path/to/gpt2-dir --out runs/gpt2 && gptlab train --init-from runs/gpt2 --data DATA --out runs/ft
 """
 
 
@@ -33,7 +35,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_prepare(args: argparse.Namespace) -> None:
     from gptlab.data import prepare
 
-    meta = prepare(args.corpus, args.out, args.tokenizer, args.vocab_size, args.val_fraction, args.tiktoken_file)
+    meta = prepare(args.corpus, args.out, args.tokenizer, args.vocab_size, args.val_fraction, args.tiktoken_file,
+                   args.tokenizer_from)
     print(f"wrote {args.out}: {meta['tokenizer']} tokenizer, vocab {meta['vocab_size']}, "
           f"{meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
           f"({meta['documents']} documents, split by {meta['split']['by']})")
@@ -51,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     else:
         if not args.data or not args.out:
             raise GptlabError("train needs --data DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
-        summary = train(args.data, args.out, build_config(args.config, args.overrides))
+        summary = train(args.data, args.out, build_config(args.config, args.overrides), init_from=args.init_from)
         run_dir = args.out
     val = "" if summary["val_loss"] is None else f", val loss {summary['val_loss']:.4f}"
     print(f"{run_dir}: step {summary['step']}, train loss {summary['final_loss']:.4f}{val} "
@@ -103,6 +106,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from gptlab.interop.hf import export_hf
+
+    diff = export_hf(args.run, args.out, args.checkpoint)
+    print(f"wrote {args.out}: transformers GPT2LMHeadModel + tokenizer (verified: max |Δlogits| {diff:.1e})")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from gptlab.interop.hf import import_hf
+
+    diff = import_hf(args.hf_dir, args.out, args.allow_pickle)
+    check = f"verified: max |Δlogits| {diff:.1e}" if diff == diff else "not verified: pickle checkpoint"
+    print(f"wrote run {args.out} from {args.hf_dir} ({check})")
+
+
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from gptlab.quickstart import quickstart
 
@@ -131,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=int, help="vocabulary size for a trained BPE tokenizer (default 4096)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share held out for validation (default 0.1)")
     p.add_argument("--tiktoken-file", help="local r50k_base.tiktoken ranks file for --tokenizer gpt2 (offline)")
+    p.add_argument("--tokenizer-from", metavar="DIR", help="reuse a saved tokenizer, e.g. RUN_DIR/tokenizer of "
+                   "an imported model (overrides --tokenizer)")
     p.add_argument("--out", required=True, metavar="DATA_DIR")
     p.set_defaults(func=cmd_prepare)
 
@@ -140,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DATA_DIR", help="made by `gptlab prepare`")
     p.add_argument("--out", metavar="RUN_DIR", help="new run directory")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    p.add_argument("--init-from", metavar="RUN_DIR", help="start from this run's weights and model config "
+                   "(fine-tuning, e.g. a model made by `gptlab import hf`)")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -173,6 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="shorten or lengthen training")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("export", help="export a run to another format (hf: a transformers GPT-2 directory)")
+    p.add_argument("format", choices=["hf"])
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="HF_DIR")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="import a model (hf: a local transformers GPT-2 directory) as a run")
+    p.add_argument("format", choices=["hf"])
+    p.add_argument("hf_dir", metavar="HF_DIR")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--allow-pickle", action="store_true", help="accept a pytorch_model.bin, loaded with "
+                   "torch.load(weights_only=True); safetensors needs no flag")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("bench", help="measure training speed (tokens/s, MFU) against a baseline in the same run")
     p.add_argument("what", choices=["train"], help="what to measure")

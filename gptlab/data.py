@@ -24,7 +24,7 @@ import torch
 
 from gptlab.corpus import Document, corpus_sha256, load_corpus
 from gptlab.errors import DataError
-from gptlab.io import fsync_dir
+from gptlab.io import replace_dir
 from gptlab.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer, encode_many, load_tokenizer
 
 MIN_DOCS_FOR_DOC_SPLIT = 10
@@ -61,12 +61,17 @@ def _stream(tok: Tokenizer, docs: list[Document]) -> np.ndarray:
 
 
 def prepare(corpus: str | Path, out: str | Path, tokenizer: TokenizerKind = "char", vocab_size: int | None = None,
-            val_fraction: float = 0.1, tiktoken_file: str | Path | None = None) -> dict:
-    """Tokenize `corpus` into the data directory `out`; returns its meta.json contents."""
+            val_fraction: float = 0.1, tiktoken_file: str | Path | None = None,
+            tokenizer_from: str | Path | None = None) -> dict:
+    """Tokenize `corpus` into the data directory `out`; returns its meta.json contents.
+
+    `tokenizer_from` reuses a saved tokenizer (a run's or a data directory's `tokenizer/`) instead of making one.
+    """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     docs = load_corpus(corpus)
-    tok = build_tokenizer(tokenizer, docs, vocab_size, tiktoken_file)
+    tok = load_tokenizer(tokenizer_from) if tokenizer_from else build_tokenizer(tokenizer, docs, vocab_size,
+                                                                                  tiktoken_file)
     if len(docs) >= MIN_DOCS_FOR_DOC_SPLIT:
         train_docs, val_docs = split_documents(docs, val_fraction)
         train, val = _stream(tok, train_docs), _stream(tok, val_docs)
@@ -95,25 +100,10 @@ def prepare(corpus: str | Path, out: str | Path, tokenizer: TokenizerKind = "cha
         for f in ("train.bin", "val.bin", "meta.json"):
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
-        _swap_in(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
-
-
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace directory `out` by `tmp`; the old one is moved aside first and removed only after."""
-    old = None
-    if out.exists():
-        if not out.is_dir():
-            raise DataError(f"{out} exists and is not a directory; choose another --out")
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

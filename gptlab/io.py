@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -50,3 +51,21 @@ def atomic_write_text(target: str | Path, text: str) -> None:
 
 def atomic_write_json(target: str | Path, obj: Any) -> None:
     atomic_write_text(target, json.dumps(obj, indent=2) + "\n")
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put the finished directory `tmp` at `out`; an old `out` is moved aside first and removed only after."""
+    from gptlab.errors import GptlabError
+
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists():
+        if not out.is_dir():
+            raise GptlabError(f"{out} exists and is not a directory; choose another --out")
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

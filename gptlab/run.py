@@ -64,6 +64,27 @@ def run_info(run_dir: str | Path) -> dict:
         raise CheckpointError(f"{path} is missing or corrupt; the run directory is damaged") from None
 
 
+def write_model_run(out: str | Path, cfg: RunConfig, tok: Tokenizer, model: GPT, info: dict) -> None:
+    """A run directory holding `model` as its only checkpoint (step 0), built in a temp folder and renamed."""
+    import tempfile
+
+    from gptlab.io import replace_dir
+    from gptlab.train.checkpoint import Checkpoint, model_state, save_checkpoint
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise CheckpointError(f"{out} already exists and is not empty; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        tmp = Path(tmp) / "run"
+        tmp.mkdir()
+        save_yaml(cfg, tmp / "config.yaml")
+        atomic_write_json(tmp / "run.json", {"data": None, "tokenizer": tok.kind, **info})
+        tok.save(tmp / "tokenizer")
+        save_checkpoint(tmp, Checkpoint(step=0, model=model_state(model), meta=info), ("last", "best"))
+        replace_dir(tmp, out)
+
+
 def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu") -> tuple[GPT, Tokenizer, RunConfig]:
     """The trained model (in eval mode), its tokenizer and its config, for sampling and evaluation."""
     run_dir = Path(run_dir)

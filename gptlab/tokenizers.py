@@ -2,7 +2,8 @@
 
 - `char`: one id per character of the corpus (plus an end-of-text id when the corpus has several documents);
 - `bpe`: byte-level BPE trained with the `tokenizers` library to a chosen vocabulary size;
-- `gpt2`: GPT-2's own encoding (r50k_base ranks) through `tiktoken`, read from a local ranks file.
+- `gpt2`: GPT-2's own encoding (r50k_base ranks) through `tiktoken`, read from a local ranks file;
+- `hf`: any `tokenizers` file, as imported from a transformers model directory.
 
 A saved tokenizer is a directory holding `gptlab_tokenizer.json` (the kind and its settings) and the kind's own
 files. Nothing here reaches for the network unless the caller explicitly allows it.
@@ -105,10 +106,13 @@ class BPETokenizer:
         return cls(tok)
 
     def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
+        return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+        try:
+            return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+        except Exception as e:  # the tokenizers library raises a bare Exception, e.g. for an unknown symbol
+            raise TokenizerError(f"this tokenizer cannot encode the text: {e}") from None
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
@@ -118,6 +122,19 @@ class BPETokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         self.tok.save(str(directory / self.FILE))
         _write_manifest(directory, {"kind": "bpe", "file": self.FILE})
+
+
+class HFTokenizer(BPETokenizer):
+    """Any `tokenizers` file, as imported from a transformers model directory (GPT-2's own, for instance)."""
+
+    kind = "hf"
+    FILE = "tokenizer.json"
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tok.save(str(directory / self.FILE))
+        _write_manifest(directory, {"kind": "hf", "file": self.FILE})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -196,16 +213,17 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         raise TokenizerError(f"{path} is corrupt; re-run `gptlab prepare`") from None
     if kind == "char":
         return CharTokenizer(manifest["chars"], manifest.get("eot", False))
-    if kind == "bpe":
-        from tokenizers import Tokenizer as HFTokenizer
+    if kind in ("bpe", "hf"):
+        from tokenizers import Tokenizer as Backend
 
         try:
-            return BPETokenizer(HFTokenizer.from_file(str(directory / manifest["file"])))
+            wrapper = BPETokenizer if kind == "bpe" else HFTokenizer
+            return wrapper(Backend.from_file(str(directory / manifest["file"])))
         except Exception as e:  # the tokenizers library raises its own exception types
             raise TokenizerError(f"cannot load BPE tokenizer from {directory}: {e}") from None
     if kind == "gpt2":
         return GPT2Tokenizer(directory / manifest["file"], manifest.get("sha256", R50K_SHA256))
-    raise TokenizerError(f"{path}: unknown tokenizer kind {kind!r} (expected char, bpe or gpt2)")
+    raise TokenizerError(f"{path}: unknown tokenizer kind {kind!r} (expected char, bpe, gpt2 or hf)")
 
 
 def encode_many(tok: Tokenizer, texts: list[str]) -> list[list[int]]:

@@ -88,7 +88,7 @@ class RotaryPositions(PositionScheme):
         angles = torch.cat([angles, angles], dim=-1)  # (T, rot)
         return angles.cos(), angles.sin()
 
-    def _apply(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         xr, xp = x[..., : self.rot], x[..., self.rot:]
         x1, x2 = xr.chunk(2, dim=-1)
         rotated = torch.cat([-x2, x1], dim=-1)
@@ -97,7 +97,7 @@ class RotaryPositions(PositionScheme):
 
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         cos, sin = self._cos_sin(positions)
-        return self._apply(q, cos, sin), self._apply(k, cos, sin)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
 
 def alibi_slopes(n_head: int) -> Tensor:

@@ -207,9 +207,37 @@ class Trainer:
                 "parameters": count_parameters(self.model), "threads": self.threads}
 
 
-def train(data_dir: str | Path, out: str | Path, cfg: RunConfig, progress: bool | None = None) -> dict[str, Any]:
-    """Start a new run in `out` on the data in `data_dir`."""
-    return Trainer(out, cfg, load_data(data_dir), resume=False, progress=progress).run()
+def train(data_dir: str | Path, out: str | Path, cfg: RunConfig, progress: bool | None = None,
+          init_from: str | Path | None = None) -> dict[str, Any]:
+    """Start a new run in `out` on the data in `data_dir`, from scratch or from the weights of run `init_from`."""
+    data = load_data(data_dir)
+    if init_from is None:
+        return Trainer(out, cfg, data, resume=False, progress=progress).run()
+    from gptlab.run import load_model
+
+    source, source_tok, source_cfg = load_model(init_from, "best")
+    if data.meta["vocab_size"] != source_cfg.model.vocab_size:
+        raise CheckpointError(f"{data.directory} has a {data.meta['vocab_size']}-token vocabulary but {init_from} "
+                              f"was trained with {source_cfg.model.vocab_size}; prepare the data with the same tokenizer")
+    sample = [int(t) for t in data.train[:2000]]  # the data's own text, re-encoded by the source's tokenizer
+    if data.meta["eot_id"] in sample:
+        sample = sample[: sample.index(data.meta["eot_id"])]
+    try:
+        keep = max(1, len(sample) - 16)  # the slice may end mid-word, which encodes differently
+        same = source_tok.encode(data.tokenizer().decode(sample))[:keep] == sample[:keep]
+    except GptlabError:
+        same = False
+    if not same:
+        raise CheckpointError(f"the tokenizer of {data.directory} differs from that of {init_from}; "
+                              "prepare the data with the same tokenizer")
+    model_changes = {k for k, v in to_dict(cfg.model).items() if v != to_dict(RunConfig().model)[k]} - {"dropout"}
+    if model_changes:
+        raise CheckpointError(f"--init-from takes the model config of {init_from}; only model.dropout may be set "
+                              f"(got {', '.join('model.' + k for k in sorted(model_changes))})")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(source_cfg.model, dropout=cfg.model.dropout))
+    trainer = Trainer(out, cfg, data, resume=False, progress=progress)
+    load_model_state(trainer.model, model_state(source), f"weights of {init_from}")
+    return trainer.run()
 
 
 def resume(run_dir: str | Path, overrides: list[str] | None = None, data_dir: str | Path | None = None,

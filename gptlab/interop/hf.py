@@ -1,0 +1,189 @@
+"""GPT-2 checkpoints to and from Hugging Face `transformers`, verified before anything is written.
+
+gptlab's module names follow transformers' GPT-2, so a conversion renames a prefix (`transformer.`), renames the
+position table (`positions.wpe` ↔ `transformer.wpe`) and transposes the four Conv1D weights, which transformers
+stores as (in, out). After converting, both models run on the same tokens and the result is refused unless the
+logits agree within `TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gptlab.config import ModelConfig, RunConfig
+from gptlab.errors import CheckpointError, GptlabError
+from gptlab.interop.hf_tokenizer import export_tokenizer, import_tokenizer
+from gptlab.io import replace_dir
+from gptlab.model import GPT
+from gptlab.run import load_model, write_model_run
+from gptlab.train.checkpoint import load_model_state, model_state
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+TOLERANCE = 1e-4
+HF_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
+
+
+def to_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, t in state.items():
+        if name == "lm_head.weight":
+            key = name
+        elif name == "positions.wpe.weight":
+            key = "transformer.wpe.weight"
+        else:
+            key = f"transformer.{name}"
+        out[key] = t.t().contiguous() if name.endswith(CONV1D) else t.contiguous()
+    return out
+
+
+def from_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, t in state.items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers of older transformers
+            continue
+        name = key.removeprefix("transformer.")
+        name = "positions.wpe.weight" if name == "wpe.weight" else name
+        out[name] = t.t().contiguous() if name.endswith(CONV1D) else t.contiguous()
+    return out
+
+
+def check_exportable(cfg: ModelConfig) -> None:
+    problems = []
+    if cfg.positions != "learned":
+        problems.append(f"model.positions={cfg.positions} (GPT-2 has learned absolute positions only)")
+    if not cfg.bias:
+        problems.append("model.bias=false (GPT-2's layers all have biases)")
+    if problems:
+        raise GptlabError(f"this model cannot be expressed as a transformers GPT-2: {'; '.join(problems)}")
+
+
+def hf_config(cfg: ModelConfig, eot_id: int | None):
+    from transformers import GPT2Config
+
+    special = eot_id if eot_id is not None else cfg.vocab_size - 1
+    return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                      n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function="gelu_new",
+                      resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                      layer_norm_epsilon=1e-5, tie_word_embeddings=cfg.tie_embeddings,
+                      bos_token_id=special, eos_token_id=special, architectures=["GPT2LMHeadModel"])
+
+
+def max_logit_difference(ours: GPT, theirs, n_tokens: int = 48, seed: int = 0) -> float:
+    """max |Δlogits| of the two models on the same random tokens (fp32, eval mode)."""
+    g = torch.Generator().manual_seed(seed)
+    T = min(n_tokens, ours.cfg.block_size)
+    idx = torch.randint(0, ours.cfg.vocab_size, (2, T), generator=g)
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        return (ours(idx) - theirs(input_ids=idx).logits).abs().max().item()
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' progress bars and optional-kernel warnings (torchao's GPU kernels) off the terminal."""
+    import logging
+
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _load_hf_model(directory: Path):
+    quiet_transformers()
+    from transformers import GPT2LMHeadModel
+
+    return GPT2LMHeadModel.from_pretrained(str(directory), local_files_only=True, attn_implementation="eager",
+                                           dtype=torch.float32)
+
+
+def export_hf(run_dir: str | Path, out: str | Path, which: str = "best") -> float:
+    """Write RUN_DIR's model and tokenizer as a transformers GPT-2 directory; returns the verified max |Δlogits|."""
+    model, tok, cfg = load_model(run_dir, which)
+    check_exportable(cfg.model)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        tmp = Path(tmp) / "export"
+        tmp.mkdir()
+        hf_config(cfg.model, tok.eot_id).save_pretrained(str(tmp))
+        save_file(to_hf_state(model_state(model)), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        export_tokenizer(tok, tmp)
+        diff = max_logit_difference(model, _load_hf_model(tmp))
+        if not diff < TOLERANCE:
+            raise CheckpointError(f"exported model disagrees with the original (max |Δlogits| {diff:.2e} ≥ "
+                                  f"{TOLERANCE}); nothing was written")
+        replace_dir(tmp, out)
+    return diff
+
+
+def _read_hf_weights(directory: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
+    if single.is_file():
+        return load_file(str(single))
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for s in shards for k, v in load_file(str(directory / s)).items()}
+    pickle = directory / "pytorch_model.bin"
+    if pickle.is_file():
+        if not allow_pickle:
+            raise CheckpointError(f"{directory} holds only a pickle checkpoint (pytorch_model.bin); gptlab reads "
+                                  "safetensors. Pass --allow-pickle to load it with torch.load(weights_only=True)")
+        return torch.load(pickle, map_location="cpu", weights_only=True)
+    raise CheckpointError(f"{directory} has no model.safetensors (nor a sharded index, nor pytorch_model.bin)")
+
+
+def read_hf_config(directory: Path) -> ModelConfig:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a transformers model directory (no config.json)")
+    try:
+        c = json.loads(path.read_text())
+    except ValueError:
+        raise CheckpointError(f"{path} is not valid JSON") from None
+    if c.get("model_type") != "gpt2":
+        raise CheckpointError(f"{directory} holds a {c.get('model_type')!r} model; gptlab imports GPT-2 only")
+    unsupported = []
+    if c.get("activation_function", "gelu_new") not in HF_ACTIVATIONS:
+        unsupported.append(f"activation_function={c['activation_function']}")
+    if c.get("n_inner") not in (None, 4 * c["n_embd"]):
+        unsupported.append(f"n_inner={c['n_inner']}")
+    if c.get("scale_attn_by_inverse_layer_idx") or not c.get("scale_attn_weights", True):
+        unsupported.append("non-standard attention scaling")
+    if not math.isclose(c.get("layer_norm_epsilon", 1e-5), 1e-5):
+        unsupported.append(f"layer_norm_epsilon={c['layer_norm_epsilon']}")
+    if c.get("add_cross_attention"):
+        unsupported.append("cross-attention")
+    if unsupported:
+        raise CheckpointError(f"{directory}: gptlab's GPT-2 cannot express {', '.join(unsupported)}")
+    return ModelConfig(vocab_size=c["vocab_size"], n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"],
+                       block_size=c["n_positions"], dropout=0.0, bias=True, positions="learned",
+                       tie_embeddings=c.get("tie_word_embeddings", True))
+
+
+def import_hf(hf_dir: str | Path, out: str | Path, allow_pickle: bool = False) -> float:
+    """Turn a local transformers GPT-2 directory into a gptlab run; returns the verified max |Δlogits|."""
+    hf_dir, out = Path(hf_dir), Path(out)
+    if not hf_dir.is_dir():
+        raise CheckpointError(f"{hf_dir} is not a directory; give a local transformers model directory")
+    if out.exists() and any(out.iterdir()):
+        raise CheckpointError(f"{out} already exists and is not empty; choose another --out")
+    cfg = RunConfig(model=read_hf_config(hf_dir))
+    state = from_hf_state(_read_hf_weights(hf_dir, allow_pickle))
+    model = GPT(cfg.model)
+    if cfg.model.tie_embeddings:
+        state.pop("lm_head.weight", None)  # the tie is restored by the model itself
+    load_model_state(model, state, str(hf_dir))
+    tok = import_tokenizer(hf_dir)
+    theirs = _load_hf_model(hf_dir) if not (hf_dir / "pytorch_model.bin").is_file() or allow_pickle else None
+    diff = max_logit_difference(model, theirs) if theirs is not None else float("nan")
+    if theirs is not None and not diff < TOLERANCE:
+        raise CheckpointError(f"imported model disagrees with transformers (max |Δlogits| {diff:.2e}); nothing written")
+    write_model_run(out, cfg, tok, model, {"imported_from": str(hf_dir.resolve())})
+    return diff

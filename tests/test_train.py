@@ -181,3 +181,22 @@ def test_schedule_warms_up_then_decays_to_min_lr():
     assert lr_at(60, cfg) == pytest.approx(5.5e-4) and lr_at(110, cfg) == pytest.approx(1e-4)
     lrs = [lr_at(s, cfg) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_same_seed_same_run_other_seed_other_run(char_data, tmp_path):
+    cfg = tiny_config("train.max_steps=5", "model.dropout=0.1")
+    train(char_data, tmp_path / "a", cfg, progress=False)
+    train(char_data, tmp_path / "b", cfg, progress=False)
+    train(char_data, tmp_path / "c", apply_overrides(cfg, ["train.seed=7"]), progress=False)
+    assert step_losses(tmp_path / "a") == step_losses(tmp_path / "b")
+    assert step_losses(tmp_path / "a") != step_losses(tmp_path / "c")
+
+
+def test_metrics_records_and_tensorboard_events(char_data, tmp_path):
+    train(char_data, tmp_path / "run", tiny_config("train.max_steps=4", "train.eval_every=2",
+                                                   "train.tensorboard=true"), progress=False)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    step_record = next(r for r in records if "loss" in r)
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed"} <= step_record.keys()
+    assert [r["step"] for r in records if "val_loss" in r] == [2, 4]
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

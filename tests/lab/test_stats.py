@@ -1,0 +1,75 @@
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from gptlab.lab.stats import adjust, bootstrap_diff_ci, compare, hedges_g, holm, summarize, verdict
+
+
+def test_summary_matches_hand_computation():
+    s = summarize([1.0, 2.0, 3.0, 4.0])
+    assert (s.n, s.mean) == (4, 2.5)
+    assert s.std == pytest.approx(math.sqrt(5 / 3))
+    half = 3.182446305284263 * math.sqrt(5 / 3) / 2  # t(0.975, 3) · s / √n
+    assert (s.ci_low, s.ci_high) == pytest.approx((2.5 - half, 2.5 + half))
+    assert math.isnan(summarize([1.0]).ci_low) and summarize([]).n == 0
+
+
+def test_welch_and_paired_match_scipy():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, 7), rng.normal(0.8, 2, 9)
+    c = compare(a, b)
+    ref = stats.ttest_ind(b, a, equal_var=False)
+    assert c.p == pytest.approx(ref.pvalue) and c.diff == pytest.approx(b.mean() - a.mean())
+    assert (c.ci_low, c.ci_high) == pytest.approx(tuple(ref.confidence_interval()))
+    b2 = a + rng.normal(0.3, 0.1, 7)
+    cp = compare(a, b2, paired=True)
+    assert cp.p == pytest.approx(stats.ttest_rel(b2, a).pvalue) and cp.test == "paired"
+    assert cp.p < compare(a, b2).p  # pairing removes the shared seed variance
+
+
+def test_hedges_g_hand_example():
+    # means 2 and 5, both SD 1 (n = 3): d = 3, correction 1 − 3/(4·6 − 9) = 0.8
+    assert hedges_g([1, 2, 3], [4, 5, 6]) == pytest.approx(2.4)
+
+
+def test_holm_hand_example():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # 2 × 0.5 is capped at 1; monotone after
+    assert holm([0.2, 0.3]) == pytest.approx([0.4, 0.4])
+    out = holm([0.02, float("nan")])
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1])
+
+
+def test_bootstrap_ci_covers_the_difference():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 1, 30), rng.normal(1, 1, 30)
+    low, high = bootstrap_diff_ci(a, b)
+    assert low < b.mean() - a.mean() < high and low > 0
+
+
+def test_verdicts_say_what_the_data_say():
+    rng = np.random.default_rng(2)
+    base = rng.normal(1.90, 0.01, 5)
+    better = compare(base, base - 0.03 + rng.normal(0, 0.005, 5), "tied", "untied")
+    text = verdict(better)
+    assert text.startswith("untied lowers val loss by 0.0") and "better" in text and "n = 5 seeds per arm" in text
+    same = compare(base, rng.normal(1.90, 0.01, 5), "tied", "untied")
+    assert verdict(same).startswith("no significant difference in val loss between untied and tied")
+
+
+def test_false_positive_rate_under_the_null_stays_near_five_percent():
+    rng = np.random.default_rng(3)
+    trials = 2000
+    hits = sum(compare(rng.normal(0, 1, 5), rng.normal(0, 1, 5)).significant() for _ in range(trials))
+    rate = hits / trials
+    assert 0.03 < rate < 0.07, rate  # binomial SD at 5 % and 2000 trials is 0.5 %
+
+
+def test_holm_controls_the_family_wise_rate():
+    rng = np.random.default_rng(4)
+    families = 500
+    any_hit = sum(any(c.significant() for c in adjust([compare(rng.normal(0, 1, 5), rng.normal(0, 1, 5))
+                                                       for _ in range(4)])) for _ in range(families))
+    assert any_hit / families < 0.08  # ≤ 5 % in expectation; uncorrected it would be ~19 %

@@ -85,11 +85,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from gptlab.data import load_data
     from gptlab.evaluate import evaluate
-    from gptlab.run import load_model, run_info, set_threads
+    from gptlab.run import load_model, run_data_dir, set_threads
 
     set_threads()
     model, _, cfg = load_model(args.run, args.checkpoint)
-    data = load_data(args.data or run_info(args.run)["data"])
+    data = load_data(run_data_dir(args.run, args.data))
     split = data.val if args.split == "val" else data.train
     lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else [cfg.model.block_size]
     rows = []

@@ -85,6 +85,17 @@ def write_model_run(out: str | Path, cfg: RunConfig, tok: Tokenizer, model: GPT,
         replace_dir(tmp, out)
 
 
+def run_data_dir(run_dir: str | Path, data_dir: str | Path | None = None) -> Path:
+    """The data directory to use with a run: the one given, else the one it was trained on."""
+    if data_dir is not None:
+        return Path(data_dir)
+    recorded = run_info(run_dir).get("data")
+    if not recorded:
+        raise CheckpointError(f"{run_dir} has no training data on record (an imported model); pass --data DATA_DIR "
+                              f"made with `gptlab prepare --tokenizer-from {Path(run_dir) / 'tokenizer'}`")
+    return Path(recorded)
+
+
 def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu") -> tuple[GPT, Tokenizer, RunConfig]:
     """The trained model (in eval mode), its tokenizer and its config, for sampling and evaluation."""
     run_dir = Path(run_dir)

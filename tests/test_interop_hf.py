@@ -194,3 +194,18 @@ def test_imported_model_can_be_fine_tuned(tmp_path):
     idx = torch.randint(0, 31, (1, 20))
     with torch.no_grad():
         assert (tuned(idx) - theirs(input_ids=idx).logits).abs().max() < 1e-4  # it started from those weights
+
+
+def test_imported_runs_explain_what_they_cannot_do(tmp_path, capsys):
+    from gptlab.cli import main
+
+    hf_dir, _ = hf_model_dir(tmp_path, 1, 2, 16, True)
+    assert main(["import", "hf", str(hf_dir), "--out", str(tmp_path / "run")]) == 0
+    assert "max |Δlogits|" in capsys.readouterr().out
+    assert main(["eval", "--run", str(tmp_path / "run")]) == 2
+    assert "no training data on record" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    assert "--init-from" in capsys.readouterr().err
+    assert main(["sample", "--run", str(tmp_path / "run"), "--prompt", "the ", "--max-new-tokens", "5"]) == 0
+    assert main(["export", "hf", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "model.safetensors").is_file()

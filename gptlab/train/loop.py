@@ -23,7 +23,7 @@ from gptlab.config import RunConfig, TrainConfig, to_dict
 from gptlab.data import BatchSampler, TokenData, eval_batches, load_data
 from gptlab.errors import CheckpointError, GptlabError
 from gptlab.model import GPT, count_parameters, flops_per_token
-from gptlab.run import create_run, load_run_config, run_info, set_threads
+from gptlab.run import create_run, load_run_config, run_data_dir, run_info, set_threads
 from gptlab.train.checkpoint import (Checkpoint, load_checkpoint, load_model_state, model_state, optimizer_tensors,
                                      restore_optimizer, save_checkpoint)
 from gptlab.train.metrics import MetricsLog
@@ -249,7 +249,10 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, data_dir: st
     wanted = apply_overrides(saved, overrides or [])
     check_resume_changes(saved, wanted)
     info = run_info(run_dir)
-    data = load_data(data_dir or info["data"])
+    if info.get("data") is None:
+        raise CheckpointError(f"{run_dir} was imported, not trained here, so it has no optimizer state to resume; "
+                              f"fine-tune it with `gptlab train --init-from {run_dir} --data DATA_DIR --out NEW_RUN`")
+    data = load_data(run_data_dir(run_dir, data_dir))
     if data.meta["tokenizer"] != info["tokenizer"] or data.meta.get("source_sha256") != info.get("source_sha256"):
         raise CheckpointError(f"data in {data.directory} ({data.meta['tokenizer']} tokenizer) is not the data this run "
                               f"was trained on ({info['tokenizer']} tokenizer, {info['data']}); pass the right --data")

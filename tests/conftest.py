@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 
 from gptlab.config import RunConfig, build_config
 from gptlab.data import prepare
@@ -16,6 +17,11 @@ from gptlab.data import prepare
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(1)
+
+# CI checks a fixed, reproducible set of generated examples; local runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WORDS = ("the king queen lord lady sword crown night day love death heart speak hath thou thee my our "

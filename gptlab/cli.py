@@ -117,8 +117,7 @@ def cmd_import(args: argparse.Namespace) -> None:
     from gptlab.interop.hf import import_hf
 
     diff = import_hf(args.hf_dir, args.out, args.allow_pickle)
-    check = f"verified: max |Δlogits| {diff:.1e}" if diff == diff else "not verified: pickle checkpoint"
-    print(f"wrote run {args.out} from {args.hf_dir} ({check})")
+    print(f"wrote run {args.out} from {args.hf_dir} (verified: max |Δlogits| {diff:.1e})")
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:

@@ -130,6 +130,17 @@ def test_pickle_checkpoints_need_the_explicit_flag(tmp_path):
         assert (ours(idx) - theirs(input_ids=idx).logits).abs().max() < 1e-4
 
 
+def test_a_pickle_beside_safetensors_is_ignored_and_the_import_still_verified(tmp_path, monkeypatch):
+    import gptlab.interop.hf as hf
+
+    hf_dir, theirs = hf_model_dir(tmp_path, 1, 2, 16, True)
+    torch.save({"junk": torch.zeros(1)}, hf_dir / "pytorch_model.bin")
+    calls = []
+    real = hf.max_logit_difference
+    monkeypatch.setattr(hf, "max_logit_difference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert import_hf(hf_dir, tmp_path / "run") < 1e-4 and calls
+
+
 def test_non_gpt2_directories_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json"):
         import_hf(tmp_path, tmp_path / "run")

@@ -181,9 +181,8 @@ def import_hf(hf_dir: str | Path, out: str | Path, allow_pickle: bool = False) -
         state.pop("lm_head.weight", None)  # the tie is restored by the model itself
     load_model_state(model, state, str(hf_dir))
     tok = import_tokenizer(hf_dir)
-    theirs = _load_hf_model(hf_dir) if not (hf_dir / "pytorch_model.bin").is_file() or allow_pickle else None
-    diff = max_logit_difference(model, theirs) if theirs is not None else float("nan")
-    if theirs is not None and not diff < TOLERANCE:
+    diff = max_logit_difference(model, _load_hf_model(hf_dir))
+    if not diff < TOLERANCE:
         raise CheckpointError(f"imported model disagrees with transformers (max |Δlogits| {diff:.2e}); nothing written")
     write_model_run(out, cfg, tok, model, {"imported_from": str(hf_dir.resolve())})
     return diff

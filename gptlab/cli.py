@@ -20,6 +20,7 @@ examples:
   gptlab train --resume runs/small --set train.max_steps=4000
   gptlab sample --run runs/small --prompt "ROMEO." --max-new-tokens 300 --temperature 0.8 --top-k 40
   gptlab eval --run runs/small --lengths 64,128,256
+  gptlab lab run tying --profile quick
   gptlab bench train --set model.n_layer=4 --set model.n_embd=128
   gptlab export hf --run runs/small --out runs/small-hf
   gptlab import hf path/to/gpt2-dir --out runs/gpt2 && gptlab train --init-from runs/gpt2 --data DATA --out runs/ft
@@ -134,6 +135,33 @@ def cmd_bench(args: argparse.Namespace) -> None:
     bench_train(args.config, args.overrides, args.steps, args.warmup, args.vs, args.json)
 
 
+def cmd_lab(args: argparse.Namespace) -> None:
+    from gptlab.lab.lessons import get_lesson, lessons
+
+    if args.action == "list":
+        for lesson in lessons().values():
+            grids = lesson.profiles()
+            sizes = ", ".join(f"{name}: {len(g.conditions) * len(g.variants) * len(g.seeds)} cells"
+                              for name, g in grids.items())
+            print(f"{lesson.name:<12} {lesson.title} ({sizes})")
+            print(f"{'':<12} {lesson.question}")
+        return
+    if args.action == "report":
+        from gptlab.lab.report import write_report
+
+        print(f"wrote {write_report(args.dir)} (+ report.html, curves.png, final.png)")
+        return
+    from gptlab.lab.runner import run_lesson
+
+    args.interrupt_hint = "finished cells are saved; rerun the same command to run only the missing ones"
+    lesson = get_lesson(args.lesson)
+    out = args.out or f"runs/lab/{lesson.name}-{args.profile}"
+    result = run_lesson(lesson, args.profile, out, args.jobs, args.seeds, args.overrides, args.redo_changed,
+                        args.keep_checkpoints)
+    print(f"{out}: {result['ran']} cells run, {result['skipped']} already done, {result['wall_s'] / 60:.1f} min; "
+          f"report: {result['report']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptlab", description="Build, train, sample and evaluate GPT-2-style models from scratch.",
@@ -210,6 +238,35 @@ def build_parser() -> argparse.ArgumentParser:
                    "torch.load(weights_only=True); safetensors needs no flag")
     p.set_defaults(func=cmd_import)
 
+    p = sub.add_parser("lab", help="run a lesson: a grid of variants × seeds with statistics and a report",
+                       description="Lessons are controlled experiments: every (condition, variant, seed) cell "
+                                   "trains into OUT/cells/..., then a report (Markdown, HTML, PNG) gives means, 95 %% "
+                                   "CIs, tests and verdicts. Rerunning continues an interrupted grid.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  gptlab lab list\n  gptlab lab run tying --profile quick\n"
+                              "  gptlab lab run tying --profile full --jobs 2 --out runs/lab/tying\n"
+                              "  gptlab lab report runs/lab/tying")
+    lab = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    lab.add_parser("list", help="the lessons, their question and grid sizes").set_defaults(func=cmd_lab)
+    q = lab.add_parser("run", help="run (or continue) a lesson's grid and write its report")
+    q.add_argument("lesson", help="a lesson name from `gptlab lab list`")
+    q.add_argument("--profile", default="quick", help="quick (minutes, for a first look and tests) or full "
+                   "(the real experiment, up to an hour on 2 cores); default quick")
+    q.add_argument("--out", metavar="DIR", help="default: runs/lab/LESSON-PROFILE")
+    q.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes, sharing the cores "
+                   "(default 1)")
+    q.add_argument("--seeds", type=int, help="seeds per arm (default: the profile's)")
+    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value in every cell, e.g. --set train.max_steps=100")
+    q.add_argument("--redo-changed", action="store_true", help="rerun cells whose saved config differs from "
+                   "the planned one (otherwise that is an error)")
+    q.add_argument("--keep-checkpoints", action="store_true", help="keep each cell's checkpoints (default: "
+                   "removed once the cell is finished)")
+    q.set_defaults(func=cmd_lab)
+    q = lab.add_parser("report", help="rebuild a lesson's report from its cell files")
+    q.add_argument("dir", metavar="DIR")
+    q.set_defaults(func=cmd_lab)
+
     p = sub.add_parser("bench", help="measure training speed (tokens/s, MFU) against a baseline in the same run")
     p.add_argument("what", choices=["train"], help="what to measure")
     _add_config_args(p)
@@ -229,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gptlab {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ngptlab {args.command}: interrupted; checkpoints already written are intact "
-              "(continue a run with `gptlab train --resume RUN_DIR`)", file=sys.stderr)
+        hint = getattr(args, "interrupt_hint", "continue a run with `gptlab train --resume RUN_DIR`")
+        print(f"\ngptlab {args.command}: interrupted; checkpoints already written are intact ({hint})",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -103,9 +103,14 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mic
 
 class Trainer:
     def __init__(self, run_dir: str | Path, cfg: RunConfig, data: TokenData, resume: bool = False,
-                 progress: bool | None = None, on_step: Callable[[int, float], None] | None = None):
-        """`on_step(step, loss)` is called after every optimizer step (progress reporting, tests)."""
+                 progress: bool | None = None, on_step: Callable[[int, float], None] | None = None,
+                 quiet: bool = False):
+        """`on_step(step, loss)` is called after every optimizer step (progress reporting, tests).
+
+        Without a progress bar each evaluation prints a line, unless `quiet` (runs inside a lesson grid).
+        """
         self.run_dir, self.data, self.progress, self.on_step = Path(run_dir), data, progress, on_step
+        self.quiet = quiet
         self.cfg = cfg = model_config_for(cfg, data)
         data.check_fits(cfg.model.block_size)
         self.threads = set_threads(cfg.train.threads)
@@ -182,10 +187,10 @@ class Trainer:
                 if self.step % cfg.eval_every == 0 or is_last:
                     last_val = estimate_loss(self.model, self.data.val, self.cfg)
                     self.metrics.log({"step": self.step, "val_loss": last_val, "elapsed": self.elapsed})
-                    if quiet_bar:
+                    if quiet_bar and not self.quiet:
                         print(f"step {self.step}/{cfg.max_steps}  loss {loss:.4f}  val {last_val:.4f}  "
                               f"{self.elapsed:.0f}s", file=sys.stderr, flush=True)
-                    else:
+                    elif not quiet_bar:
                         bar.write(f"step {self.step:>6}: val loss {last_val:.4f}")
                     if last_val < self.best_val:
                         self.best_val = last_val

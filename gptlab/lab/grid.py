@@ -1,0 +1,94 @@
+"""A lesson's grid: datasets, conditions, variants and seeds, and the cells they multiply into.
+
+A cell is one training run: (condition, variant, seed). Its config is the lesson's base settings, then the
+condition's overrides, then the variant's, then the seed, each a dotted `key=value` checked like `--set`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from gptlab.config import RunConfig, apply_overrides
+
+
+def as_overrides(values: Mapping[str, Any]) -> list[str]:
+    """{"model.n_layer": 4} -> ["model.n_layer=4"], the form `apply_overrides` parses and checks."""
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A corpus tokenized one way; prepared once per lesson directory and shared by its cells."""
+    corpus: str
+    tokenizer: str = "char"
+    vocab_size: int | None = None
+
+    @property
+    def key(self) -> str:
+        name = self.corpus.replace("/", "_")
+        return f"{name}-{self.tokenizer}{self.vocab_size or ''}"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A setting the comparison is repeated under (vocabulary, model size, token budget ...)."""
+    name: str
+    dataset: Dataset
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of the comparison: a set of config overrides."""
+    name: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A profile of a lesson: what runs, how long, with how many seeds."""
+    conditions: tuple[Condition, ...]
+    variants: tuple[Variant, ...]
+    seeds: tuple[int, ...]
+    base: Mapping[str, Any] = field(default_factory=dict)  # budget and shared settings
+
+    def with_seeds(self, n: int) -> "Grid":
+        return Grid(self.conditions, self.variants, tuple(range(n)), self.base)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "conditions": [{"name": c.name, "label": c.label, "dataset": c.dataset.key, "overrides": dict(c.overrides)}
+                           for c in self.conditions],
+            "variants": [{"name": v.name, "label": v.label, "overrides": dict(v.overrides)} for v in self.variants],
+            "seeds": list(self.seeds),
+            "base": dict(self.base),
+        }
+
+
+@dataclass(frozen=True)
+class Cell:
+    condition: Condition
+    variant: Variant
+    seed: int
+    config: RunConfig
+
+    @property
+    def name(self) -> str:
+        return f"{self.condition.name}/{self.variant.name}/seed{self.seed}"
+
+    def identity(self) -> dict[str, Any]:
+        return {"condition": self.condition.name, "variant": self.variant.name, "seed": self.seed,
+                "dataset": self.condition.dataset.key}
+
+
+def cell_config(grid: Grid, condition: Condition, variant: Variant, seed: int, extra: list[str] | None = None,
+                vocab_size: int | None = None) -> RunConfig:
+    """Base ← condition ← variant ← seed ← the user's `--set` extras; vocab_size from the prepared data."""
+    overrides = as_overrides(grid.base) + as_overrides(condition.overrides) + as_overrides(variant.overrides)
+    overrides += [f"train.seed={seed}"] + list(extra or [])
+    if vocab_size is not None:
+        overrides.append(f"model.vocab_size={vocab_size}")
+    return apply_overrides(RunConfig(), overrides)

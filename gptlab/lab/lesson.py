@@ -1,0 +1,93 @@
+"""What a lesson is: a question, a grid per profile, the comparisons to test, and how one cell runs.
+
+A new lesson subclasses `Lesson`, declares its grids and comparisons, and overrides a hook only where its cells
+differ from "train a model from scratch on the condition's data" (`configure` to adjust a config, `measure` to
+record more numbers after training, `run_cell` for a different kind of run). The runner and the report are the
+same for every lesson.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gptlab.config import RunConfig
+from gptlab.data import TokenData, prepare
+from gptlab.errors import ConfigError
+from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant
+from gptlab.model import count_parameters
+from gptlab.model.flops import embedding_parameters
+from gptlab.train.loop import Trainer
+
+
+class Lesson:
+    name: str = ""
+    title: str = ""
+    question: str = ""  # one paragraph: what the lesson asks and why it matters
+    metric: str = "val_loss"  # the summary.json key the verdicts are about
+    metric_label: str = "val loss"
+    lower_is_better: bool = True
+    # More summary.json keys shown (mean over seeds) in the results table: (key, label, format)
+    table_metrics: tuple[tuple[str, str, str], ...] = (("parameters", "parameters", "{:,.0f}"),
+                                                       ("tokens_per_s", "tokens/s", "{:,.0f}"))
+
+    # -- the grid ---------------------------------------------------------------------------------------------
+    def profiles(self) -> dict[str, Grid]:
+        raise NotImplementedError
+
+    def grid(self, profile: str) -> Grid:
+        profiles = self.profiles()
+        if profile not in profiles:
+            raise ConfigError(f"lesson {self.name} has no profile {profile!r}; profiles: {', '.join(profiles)}")
+        return profiles[profile]
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        """(baseline variant, other variant) pairs, each tested within every condition."""
+        raise NotImplementedError
+
+    # -- running cells ----------------------------------------------------------------------------------------
+    def prepare_data(self, workdir: Path, grid: Grid) -> dict[str, Path]:
+        """Tokenize each dataset the grid uses once, into WORKDIR/data/KEY (kept across reruns)."""
+        dirs = {}
+        for dataset in dict.fromkeys(c.dataset for c in grid.conditions):
+            path = workdir / "data" / dataset.key
+            if not _prepared(path, dataset):
+                prepare(dataset.corpus, path, dataset.tokenizer, dataset.vocab_size)
+            dirs[dataset.key] = path
+        return dirs
+
+    def configure(self, cfg: RunConfig, condition: Condition, variant: Variant) -> RunConfig:
+        """Adjust a cell's config after overrides (e.g. match a parameter count); the default keeps it."""
+        return cfg
+
+    def run_cell(self, cell: Cell, cell_dir: Path, data: TokenData, resume: bool) -> dict[str, Any]:
+        """Train the cell's model; returns the numbers for summary.json."""
+        trainer = Trainer(cell_dir, cell.config, data, resume=resume, progress=False, quiet=True)
+        summary = trainer.run()
+        summary["embedding_parameters"] = embedding_parameters(trainer.model)
+        summary["embedding_fraction"] = summary["embedding_parameters"] / count_parameters(trainer.model)
+        summary.update(self.measure(trainer, cell))
+        return summary
+
+    def measure(self, trainer: Trainer, cell: Cell) -> dict[str, Any]:
+        """More numbers to record once a cell has trained; none by default."""
+        return {}
+
+    # -- the report -------------------------------------------------------------------------------------------
+    def discussion(self, results) -> list[str]:
+        """Paragraphs of lesson-specific reading of the results; none by default."""
+        return []
+
+    def extra_blocks(self, results, directory: Path) -> list:
+        """More report blocks (`gptlab.lab.report.Block`: tables, plots written into `directory`); none by default."""
+        return []
+
+
+def _prepared(path: Path, dataset: Dataset) -> bool:
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    same_vocab = dataset.vocab_size is None or meta.get("vocab_size") == dataset.vocab_size
+    return meta.get("source") == dataset.corpus and meta.get("tokenizer") == dataset.tokenizer and same_vocab

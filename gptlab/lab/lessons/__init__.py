@@ -1,0 +1,20 @@
+"""The lessons `gptlab lab` knows. A new lesson is a `Lesson` subclass in this package, listed here."""
+
+from __future__ import annotations
+
+from gptlab.errors import ConfigError
+from gptlab.lab.lesson import Lesson
+
+
+def lessons() -> dict[str, Lesson]:
+    from gptlab.lab.lessons.tying import TyingLesson
+
+    found = [TyingLesson()]
+    return {lesson.name: lesson for lesson in found}
+
+
+def get_lesson(name: str) -> Lesson:
+    known = lessons()
+    if name not in known:
+        raise ConfigError(f"unknown lesson {name!r}; lessons: {', '.join(known)} (see `gptlab lab list`)")
+    return known[name]

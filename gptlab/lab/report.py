@@ -1,0 +1,233 @@
+"""A lesson's report: Markdown, a self-contained HTML page and PNG plots, all recomputed from the cell files.
+
+The report is a list of blocks (heading, paragraph, table, list, image) rendered twice, so the Markdown and the
+HTML always say the same thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from gptlab.io import atomic_write, atomic_write_text  # noqa: E402
+from gptlab.lab import stats  # noqa: E402
+from gptlab.lab.lesson import Lesson  # noqa: E402
+from gptlab.lab.results import Results, load_results  # noqa: E402
+
+
+@dataclass
+class Block:
+    kind: str  # "h1" | "h2" | "p" | "ul" | "table" | "img"
+    text: str = ""
+    items: list | None = None  # list items, or table rows (the first row is the header)
+
+
+def fmt(x: float, digits: int = 4) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    return "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+# -- plots -------------------------------------------------------------------------------------------------------
+def _colors(variants: list[str]) -> dict[str, str]:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {v: cycle[i % len(cycle)] for i, v in enumerate(variants)}
+
+
+def plot_curves(results: Results, lesson: Lesson, path: Path) -> None:
+    """Val loss over training per condition: the mean over seeds with its 95 % CI band, one colour per variant."""
+    n = len(results.conditions)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), dpi=110, squeeze=False)
+    colors = _colors(results.variants)
+    for ax, condition in zip(axes.flat, results.conditions):
+        for variant in results.variants:
+            steps, mean, low, high = results.curve_band(condition, variant)
+            if len(steps) == 0:
+                continue
+            ax.plot(steps, mean, color=colors[variant], label=variant, lw=1.6)
+            ax.fill_between(steps, low, high, color=colors[variant], alpha=0.2, lw=0)
+        ax.set_title(condition, fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylabel(lesson.metric_label)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"{lesson.title}: {lesson.metric_label} during training (mean, 95 % CI band over seeds)", fontsize=11)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def plot_final(results: Results, lesson: Lesson, path: Path) -> None:
+    """Final metric per condition and variant: the mean with its 95 % CI, seeds as faint dots."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(results.conditions) + 2), 4.2), dpi=110)
+    colors = _colors(results.variants)
+    k = len(results.variants)
+    for i, condition in enumerate(results.conditions):
+        for j, variant in enumerate(results.variants):
+            values = results.values(condition, variant, lesson.metric)
+            if not values:
+                continue
+            x = i + (j - (k - 1) / 2) * 0.8 / max(k, 1)
+            s = stats.summarize(values)
+            ax.scatter([x] * len(values), values, color=colors[variant], alpha=0.3, s=10)
+            err = [[s.mean - s.ci_low], [s.ci_high - s.mean]] if not math.isnan(s.ci_low) else None
+            ax.errorbar([x], [s.mean], yerr=err, fmt="o", color=colors[variant], capsize=4,
+                        label=variant if i == 0 else None)
+    ax.set_xticks(range(len(results.conditions)), results.conditions, rotation=20, ha="right", fontsize=9)
+    ax.set_ylabel(f"final {lesson.metric_label}")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{lesson.title}: final {lesson.metric_label} (mean and 95 % CI; dots are seeds)", fontsize=11)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+# -- the blocks --------------------------------------------------------------------------------------------------
+def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
+    meta, grid = results.meta, results.meta.get("grid", {})
+    blocks = [Block("h1", f"Lesson: {lesson.title}"), Block("p", lesson.question)]
+
+    history = [h for h in meta.get("history", []) if "wall_s" in h]
+    wall = sum(h["wall_s"] for h in history)
+    compute = sum(c.summary.get("wall_s", 0.0) for c in results.cells)
+    blocks.append(Block("h2", "The grid"))
+    blocks.append(Block("p", f"Profile {meta.get('profile')!s}: {len(grid.get('conditions', []))} conditions × "
+                             f"{len(grid.get('variants', []))} variants × {len(grid.get('seeds', []))} seeds; "
+                             f"{len(results.cells)} cells finished, {results.missing()} missing. "
+                             f"Wall time {wall / 60:.1f} min over {len(history)} invocation(s) "
+                             f"({compute / 60:.1f} min of cell time). "
+                             f"Extra settings: {', '.join(meta.get('set', [])) or 'none'}."))
+    rows = [["", "name", "settings"]]
+    rows += [["condition", c["name"], f"{c['dataset']}; " + _settings(c["overrides"])] for c in grid.get("conditions", [])]
+    rows += [["variant", v["name"], (v.get("label") or "") + ("; " if v.get("label") else "") + _settings(v["overrides"])]
+             for v in grid.get("variants", [])]
+    rows += [["all cells", "", _settings(grid.get("base", {}))]]
+    blocks.append(Block("table", items=rows))
+
+    blocks.append(Block("h2", "Results"))
+    header = ["condition", "variant", "n", f"{lesson.metric_label} (mean ± 95 % CI)", "SD"]
+    header += [label for _, label, _ in lesson.table_metrics]
+    rows = [header]
+    for condition in results.conditions:
+        for variant in results.variants:
+            s = results.summary(condition, variant, lesson.metric)
+            if s.n == 0:
+                continue
+            ci = "" if math.isnan(s.ci_low) else f" ± {s.half_width:.4f}"
+            row = [condition, variant, str(s.n), f"{fmt(s.mean)}{ci}", fmt(s.std)]
+            for key, _, pattern in lesson.table_metrics:
+                vals = results.values(condition, variant, key)
+                row.append(pattern.format(sum(vals) / len(vals)) if vals else "n/a")
+            rows.append(row)
+    blocks.append(Block("table", items=rows))
+
+    comparisons = results.compare(lesson.comparisons(), lesson.metric)
+    blocks.append(Block("h2", "Comparisons"))
+    blocks.append(Block("p", f"Difference = mean(other) − mean(baseline) in {lesson.metric_label}; paired t-test when "
+                             "both arms ran the same seeds (same seed, same batches), else Welch; bootstrap CI of the "
+                             f"difference; Hedges' g; Holm's correction across all {len(comparisons)} comparisons."))
+    rows = [["condition", "baseline → other", "difference", "95 % CI", "bootstrap CI", "p", "Holm p", "g", "test"]]
+    for condition, c in comparisons:
+        rows.append([condition, f"{c.a} → {c.b}", f"{c.diff:+.4f}", f"{fmt(c.ci_low)} to {fmt(c.ci_high)}",
+                     f"{fmt(c.boot_low)} to {fmt(c.boot_high)}", fmt_p(c.p), fmt_p(c.p_adjusted), fmt(c.hedges_g, 2),
+                     c.test])
+    blocks.append(Block("table", items=rows))
+    blocks.append(Block("h2", "Verdicts"))
+    blocks.append(Block("ul", items=[f"{condition}: " + stats.verdict(c, lesson.metric_label, lesson.lower_is_better)
+                                     for condition, c in comparisons]))
+    discussion = lesson.discussion(results)
+    if discussion:
+        blocks.append(Block("h2", "Reading the results"))
+        blocks += [Block("p", text) for text in discussion]
+    blocks.append(Block("h2", "Plots"))
+    blocks.append(Block("img", "curves.png", items=[f"{lesson.metric_label} during training"]))
+    blocks.append(Block("img", "final.png", items=[f"final {lesson.metric_label}"]))
+    return blocks + lesson.extra_blocks(results, results.directory)
+
+
+def _settings(overrides: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "—"
+
+
+# -- rendering ---------------------------------------------------------------------------------------------------
+def to_markdown(blocks: list[Block]) -> str:
+    out = []
+    for b in blocks:
+        if b.kind == "h1":
+            out += [f"# {b.text}", ""]
+        elif b.kind == "h2":
+            out += [f"## {b.text}", ""]
+        elif b.kind == "p":
+            out += [b.text, ""]
+        elif b.kind == "ul":
+            out += [f"- {item}" for item in b.items] + [""]
+        elif b.kind == "table":
+            cell = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+            out.append("| " + " | ".join(cell(h) for h in b.items[0]) + " |")
+            out.append("|" + "---|" * len(b.items[0]))
+            out += ["| " + " | ".join(cell(x) for x in row) + " |" for row in b.items[1:]]
+            out.append("")
+        elif b.kind == "img":
+            out += [f"![{b.items[0]}]({b.text})", ""]
+    return "\n".join(out)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}li{margin:0.3em 0}"""
+
+
+def to_html(blocks: list[Block], directory: Path) -> str:
+    e = html.escape
+    out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{e(blocks[0].text)}</title><style>{STYLE}</style></head><body>"]
+    for b in blocks:
+        if b.kind in ("h1", "h2"):
+            out.append(f"<{b.kind}>{e(b.text)}</{b.kind}>")
+        elif b.kind == "p":
+            out.append(f"<p>{e(b.text)}</p>")
+        elif b.kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{e(str(i))}</li>" for i in b.items) + "</ul>")
+        elif b.kind == "table":
+            head = "".join(f"<th>{e(str(h))}</th>" for h in b.items[0])
+            body = "".join("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in row) + "</tr>" for row in b.items[1:])
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif b.kind == "img":
+            data = base64.b64encode((directory / b.text).read_bytes()).decode("ascii")
+            out.append(f'<figure><img alt="{e(b.items[0])}" src="data:image/png;base64,{data}">'
+                       f"<figcaption>{e(b.items[0])}</figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(directory: str | Path, lesson: Lesson | None = None) -> Path:
+    """Rebuild DIR/report.md, report.html, curves.png and final.png from DIR's cell files; returns report.md."""
+    from gptlab.errors import GptlabError
+    from gptlab.lab.lessons import get_lesson
+
+    directory = Path(directory)
+    results = load_results(directory)
+    lesson = lesson or get_lesson(results.meta["lesson"])
+    if not results.cells:
+        raise GptlabError(f"{directory} has no finished cells yet; run `gptlab lab run {lesson.name} --out {directory}`")
+    plot_curves(results, lesson, directory / "curves.png")
+    plot_final(results, lesson, directory / "final.png")
+    blocks = build_blocks(results, lesson)
+    atomic_write_text(directory / "report.md", to_markdown(blocks))
+    atomic_write_text(directory / "report.html", to_html(blocks, directory))
+    return directory / "report.md"

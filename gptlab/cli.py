@@ -20,6 +20,7 @@ examples:
   gptlab train --resume runs/small --set train.max_steps=4000
   gptlab sample --run runs/small --prompt "ROMEO." --max-new-tokens 300 --temperature 0.8 --top-k 40
   gptlab eval --run runs/small --lengths 64,128,256
+  gptlab finetune --run runs/small --data runs/data/poems --out runs/lora --set lora.r=8 --set lora.scaling=rslora
   gptlab lab run tying --profile quick
   gptlab bench train --set model.n_layer=4 --set model.n_embd=128
   gptlab export hf --run runs/small --out runs/small-hf
@@ -62,12 +63,43 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"({summary['elapsed_s']:.0f}s of training)")
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from gptlab.config import build_config
+    from gptlab.train.loop import resume, train
+
+    if args.resume:
+        summary, out = resume(args.resume, args.overrides, args.data), args.resume
+    else:
+        if not (args.run and args.data and args.out):
+            raise GptlabError("finetune needs --run BASE_RUN --data DATA_DIR --out ADAPTER_DIR (or --resume ADAPTER_DIR)")
+        cfg = build_config(args.config, args.overrides)
+        if cfg.lora.r == 0:
+            raise GptlabError("finetune trains LoRA adapters: give a rank, e.g. --set lora.r=16 "
+                              "(and lora.alpha, lora.scaling=rslora); for full fine-tuning use `train --init-from`")
+        summary, out = train(args.data, args.out, cfg, init_from=args.run), args.out
+    val = "" if summary["val_loss"] is None else f", val loss {summary['val_loss']:.4f}"
+    print(f"{out}: step {summary['step']}{val}; adapter (PEFT format) in {out}/adapter_config.json + "
+          "adapter_model.safetensors")
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from gptlab.adapters.merge import merge_adapter
+
+    diff = merge_adapter(args.run, args.adapter, args.out)
+    print(f"wrote {args.out}: {args.run} with {args.adapter} merged in (verified: max |Δlogits| {diff:.1e})")
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from gptlab.generate import StreamingDecoder, generate
     from gptlab.run import load_model, set_threads
 
     set_threads()
-    model, tok, _ = load_model(args.run, args.checkpoint)
+    if args.adapter:
+        from gptlab.adapters.merge import load_with_adapter
+
+        model, tok, _ = load_with_adapter(args.run, args.adapter, args.checkpoint)
+    else:
+        model, tok, _ = load_model(args.run, args.checkpoint)
     prompt = args.prompt if args.prompt is not None else ("\n" if tok.eot_id is None else None)
     for i in range(args.num_samples):
         ids = tok.encode(prompt) if prompt is not None else [tok.eot_id]
@@ -192,6 +224,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("finetune", help="fine-tune a run with LoRA / rsLoRA adapters (PEFT-compatible files)",
+                       description="Train low-rank adapters on a base run's frozen weights. Only the adapters train; "
+                                   "the result is a run directory that is also a PEFT adapter directory. "
+                                   "Scale: alpha/r (lora.scaling=lora) or alpha/sqrt(r) (lora.scaling=rslora).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  gptlab finetune --run runs/base --data runs/data/poems --out runs/lora16 "
+                              "--set lora.r=16 --set lora.alpha=16 --set lora.scaling=rslora --set train.max_steps=300")
+    p.add_argument("--run", metavar="BASE_RUN", help="the run to adapt (its best checkpoint)")
+    p.add_argument("--data", metavar="DATA_DIR", help="prepared with the base run's tokenizer "
+                   "(`gptlab prepare --tokenizer-from BASE_RUN/tokenizer`)")
+    p.add_argument("--out", metavar="ADAPTER_DIR")
+    p.add_argument("--resume", metavar="ADAPTER_DIR", help="continue an interrupted fine-tune")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("merge", help="fold a LoRA adapter into its base run, as a new plain run")
+    p.add_argument("--run", required=True, metavar="BASE_RUN")
+    p.add_argument("--adapter", required=True, metavar="ADAPTER_DIR")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.set_defaults(func=cmd_merge)
+
     p = sub.add_parser("sample", help="generate text from a trained run",
                        description="Generate text with the KV cache, streaming it to the terminal.")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
@@ -203,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="make sampling repeatable")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--adapter", metavar="ADAPTER_DIR", help="add a LoRA adapter (gptlab finetune or PEFT) to --run")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="loss and perplexity of a run, at one or several context lengths")

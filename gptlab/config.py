@@ -91,10 +91,41 @@ class TrainConfig:
         _require(self.threads >= 0, "train.threads", f"must be >= 0 (0 = one per core), got {self.threads}")
 
 
+LORA_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters on the blocks' linear layers; r = 0 means none (a plain run)."""
+    r: int = 0
+    alpha: float = 16.0
+    scaling: Literal["lora", "rslora"] = "lora"  # update scaled by alpha/r, or alpha/sqrt(r) (rank-stabilized)
+    targets: str = ",".join(LORA_TARGETS)  # comma-separated, from LORA_TARGETS
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.r >= 0, "lora.r", f"must be >= 0 (0 = no adapters), got {self.r}")
+        _require(self.alpha > 0, "lora.alpha", f"must be positive, got {self.alpha}")
+        _require(0.0 <= self.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
+        bad = [t for t in self.target_list if t not in LORA_TARGETS]
+        _require(not bad and bool(self.target_list), "lora.targets",
+                 f"unknown {', '.join(bad) or 'empty list'}; choose from {','.join(LORA_TARGETS)}")
+
+    @property
+    def target_list(self) -> list[str]:
+        return [t.strip() for t in self.targets.split(",") if t.strip()]
+
+    @property
+    def scale(self) -> float:
+        """The factor on B·A: alpha/r (LoRA) or alpha/sqrt(r) (rsLoRA)."""
+        return self.alpha / (self.r if self.scaling == "lora" else self.r ** 0.5)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 # ----------------------------------------------------------------------------------------------------------------

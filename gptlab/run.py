@@ -36,7 +36,7 @@ def is_run(run_dir: str | Path) -> bool:
     return (Path(run_dir) / "config.yaml").is_file()
 
 
-def create_run(run_dir: str | Path, cfg: RunConfig, data: TokenData) -> None:
+def create_run(run_dir: str | Path, cfg: RunConfig, data: TokenData, info: dict | None = None) -> None:
     run_dir = Path(run_dir)
     if (run_dir / "checkpoints").exists() or is_run(run_dir):
         raise CheckpointError(f"{run_dir} already holds a run; continue it with `gptlab train --resume {run_dir}` "
@@ -44,7 +44,7 @@ def create_run(run_dir: str | Path, cfg: RunConfig, data: TokenData) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "config.yaml")
     atomic_write_json(run_dir / "run.json", {"data": str(data.directory.resolve()), "tokenizer": data.meta["tokenizer"],
-                                             "source_sha256": data.meta.get("source_sha256")})
+                                             "source_sha256": data.meta.get("source_sha256"), **(info or {})})
     shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer", dirs_exist_ok=True)
 
 
@@ -102,5 +102,9 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu") ->
     cfg = load_run_config(run_dir)
     ckpt = load_checkpoint(run_dir, which, with_state=False)
     model = GPT(cfg.model)
+    if cfg.lora.r > 0:  # a LoRA fine-tune: its checkpoints hold the base weights and the adapters
+        from gptlab.adapters.lora import apply_lora
+
+        apply_lora(model, cfg.lora)
     load_model_state(model, ckpt.model, f"checkpoint of {run_dir}")
     return model.to(device).eval(), load_tokenizer(run_dir / "tokenizer"), cfg

@@ -106,6 +106,10 @@ def _load_hf_model(directory: Path):
 def export_hf(run_dir: str | Path, out: str | Path, which: str = "best") -> float:
     """Write RUN_DIR's model and tokenizer as a transformers GPT-2 directory; returns the verified max |Δlogits|."""
     model, tok, cfg = load_model(run_dir, which)
+    if cfg.lora.r > 0:
+        raise GptlabError(f"{run_dir} is a LoRA fine-tune: its adapter (PEFT format) is already in {run_dir}; export "
+                          "the base run, or merge first with `gptlab merge --run BASE --adapter "
+                          f"{run_dir} --out MERGED` and export that")
     check_exportable(cfg.model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

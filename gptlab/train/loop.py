@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from gptlab.adapters.lora import apply_lora, trainable_report
+from gptlab.adapters.peft_format import save_adapter_state
 from gptlab.config import RunConfig, TrainConfig, to_dict
 from gptlab.data import BatchSampler, TokenData, eval_batches, load_data
 from gptlab.errors import CheckpointError, GptlabError
@@ -68,6 +70,8 @@ def check_resume_changes(saved: RunConfig, wanted: RunConfig) -> None:
         diff = [k for k, v in to_dict(wanted.model).items() if to_dict(saved.model)[k] != v]
         raise CheckpointError(f"cannot resume with a different model config ({', '.join('model.' + k for k in diff)}); "
                               "start a new run instead")
+    if saved.lora != wanted.lora:
+        raise CheckpointError("cannot resume with different LoRA settings (lora.*); start a new run instead")
     changed = [k for k, v in to_dict(wanted.train).items() if to_dict(saved.train)[k] != v]
     bad = [k for k in changed if k not in RESUMABLE_CHANGES]
     if bad:
@@ -104,10 +108,12 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mic
 class Trainer:
     def __init__(self, run_dir: str | Path, cfg: RunConfig, data: TokenData, resume: bool = False,
                  progress: bool | None = None, on_step: Callable[[int, float], None] | None = None,
-                 quiet: bool = False):
+                 quiet: bool = False, init_state: dict | None = None, info: dict | None = None):
         """`on_step(step, loss)` is called after every optimizer step (progress reporting, tests).
 
         Without a progress bar each evaluation prints a line, unless `quiet` (runs inside a lesson grid).
+        `init_state` starts a new run from these weights (fine-tuning); LoRA adapters (`cfg.lora.r > 0`) are added
+        after it, so only they train. `info` is recorded in run.json (e.g. the base run).
         """
         self.run_dir, self.data, self.progress, self.on_step = Path(run_dir), data, progress, on_step
         self.quiet = quiet
@@ -116,13 +122,17 @@ class Trainer:
         self.threads = set_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.model = GPT(cfg.model).to(cfg.train.device)
+        if init_state is not None:
+            load_model_state(self.model, init_state, "the initial weights")
+        if cfg.lora.r > 0:
+            apply_lora(self.model, cfg.lora)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.sampler = BatchSampler(data.train, cfg.train.batch_size, cfg.model.block_size, seed=cfg.train.seed)
         self.step, self.best_val, self.elapsed = 0, math.inf, 0.0
         if resume:
             self._restore()
         else:
-            create_run(self.run_dir, cfg, data)
+            create_run(self.run_dir, cfg, data, info)
         tb = self.run_dir / "tensorboard" if cfg.train.tensorboard else None
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step if resume else None, tb)
         self.flops_per_token = flops_per_token(self.model, cfg.model.block_size)
@@ -202,6 +212,9 @@ class Trainer:
         finally:
             bar.close()
             self.metrics.close()
+        if self.cfg.lora.r > 0:  # the best adapter, in PEFT's layout, at the top of the run directory
+            best = load_checkpoint(self.run_dir, "best", with_state=False)
+            save_adapter_state(best.model, self.cfg.lora, self.run_dir, run_info(self.run_dir).get("init_from", ""))
         return self.summary(loss, last_val)
 
     def summary(self, loss: float, val: float | None) -> dict[str, Any]:
@@ -239,9 +252,17 @@ def train(data_dir: str | Path, out: str | Path, cfg: RunConfig, progress: bool 
     if model_changes:
         raise CheckpointError(f"--init-from takes the model config of {init_from}; only model.dropout may be set "
                               f"(got {', '.join('model.' + k for k in sorted(model_changes))})")
+    if source_cfg.lora.r > 0:
+        raise CheckpointError(f"{init_from} is a LoRA fine-tune; fold it into a plain run first with "
+                              f"`gptlab merge --run BASE_RUN --adapter {init_from} --out MERGED_RUN`")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(source_cfg.model, dropout=cfg.model.dropout))
-    trainer = Trainer(out, cfg, data, resume=False, progress=progress)
-    load_model_state(trainer.model, model_state(source), f"weights of {init_from}")
+    if cfg.lora.r > 0:
+        print(f"LoRA ({cfg.lora.scaling}): r {cfg.lora.r}, alpha {cfg.lora.alpha:g}, effective scale "
+              f"{cfg.lora.scale:.4g} on {cfg.lora.targets}", file=sys.stderr)
+    trainer = Trainer(out, cfg, data, resume=False, progress=progress, init_state=model_state(source),
+                      info={"init_from": str(Path(init_from).resolve())})
+    if cfg.lora.r > 0:
+        print(trainable_report(trainer.model), file=sys.stderr)
     return trainer.run()
 
 

@@ -1,0 +1,1 @@
+"""Parameter-efficient fine-tuning: LoRA / rsLoRA adapters and their PEFT-compatible files."""

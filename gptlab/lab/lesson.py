@@ -61,8 +61,9 @@ class Lesson:
         """Adjust a cell's config after overrides (e.g. match a parameter count); the default keeps it."""
         return cfg
 
-    def run_cell(self, cell: Cell, cell_dir: Path, data: TokenData, resume: bool) -> dict[str, Any]:
-        """Train the cell's model; returns the numbers for summary.json."""
+    def run_cell(self, cell: Cell, cell_dir: Path, data: TokenData, resume: bool, workdir: Path) -> dict[str, Any]:
+        """Train the cell's model; returns the numbers for summary.json. `workdir` is the lesson's directory
+        (shared artifacts made by `prepare_data` live there)."""
         trainer = Trainer(cell_dir, cell.config, data, resume=resume, progress=False, quiet=True)
         summary = trainer.run()
         summary["embedding_parameters"] = embedding_parameters(trainer.model)

@@ -90,7 +90,7 @@ def execute_cell(lesson: Lesson, cell: Cell, directory: Path, data_dir: Path, re
         directory.mkdir(parents=True)
         atomic_write_json(directory / "cell.json", cell.identity())
     t0 = time.perf_counter()
-    summary = lesson.run_cell(cell, directory, load_data(data_dir), resume)
+    summary = lesson.run_cell(cell, directory, load_data(data_dir), resume, directory.parents[3])
     summary = {**cell.identity(), **summary, "wall_s": time.perf_counter() - t0, "resumed": resume}
     atomic_write_json(directory / "summary.json", summary)
     if not keep_checkpoints:  # the numbers are kept; the weights (and the tokenizer copy) are not needed for them

@@ -158,3 +158,44 @@ def verdict(c: Comparison, metric: str = "val loss", lower_is_better: bool = Tru
     low, high = sorted((abs(c.ci_low), abs(c.ci_high)))
     return (f"{c.b} {verb} {metric} by {abs(c.diff):.{digits}f} vs {c.a} ({'better' if better else 'worse'}; "
             f"95 % CI {low:.{digits}f} to {high:.{digits}f}, {_fmt_p(c.p)}{correction}, {seeds})")
+
+
+@dataclass(frozen=True)
+class Trend:
+    slope: float
+    ci_low: float
+    ci_high: float
+    p: float
+    n: int
+
+
+def trend(x: Sequence[float], y: Sequence[float], groups: Sequence | None = None, confidence: float = 0.95) -> Trend:
+    """Least-squares slope of y on x with its t-based CI and the p-value of "no trend".
+
+    With `groups` (e.g. the seed of each run) each group gets its own intercept, so seed-to-seed offsets do
+    not blur the trend: the within-group slope, with the degrees of freedom that model leaves (n − 1 − groups).
+    Without, it is scipy's linregress."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    nan = Trend(math.nan, math.nan, math.nan, math.nan, len(x))
+    if groups is None:
+        if len(x) < 3 or np.ptp(x) == 0:
+            return nan
+        res = stats.linregress(x, y)
+        slope, se, df = float(res.slope), float(res.stderr), len(x) - 2
+    else:
+        g = np.asarray(groups)
+        xc, yc = x.copy(), y.copy()
+        for key in np.unique(g):
+            xc[g == key] -= x[g == key].mean()
+            yc[g == key] -= y[g == key].mean()
+        sxx = float((xc ** 2).sum())
+        df = len(x) - 1 - len(np.unique(g))
+        if df < 1 or sxx == 0:
+            return nan
+        slope = float((xc * yc).sum() / sxx)
+        se = math.sqrt(float(((yc - slope * xc) ** 2).sum()) / df / sxx)
+    if se == 0:
+        return Trend(slope, slope, slope, 0.0 if slope != 0 else 1.0, len(x))
+    half = stats.t.ppf(0.5 + confidence / 2, df) * se
+    p = float(2 * stats.t.sf(abs(slope / se), df))
+    return Trend(slope, slope - half, slope + half, p, len(x))

@@ -73,3 +73,37 @@ def test_holm_controls_the_family_wise_rate():
     any_hit = sum(any(c.significant() for c in adjust([compare(rng.normal(0, 1, 5), rng.normal(0, 1, 5))
                                                        for _ in range(4)])) for _ in range(families))
     assert any_hit / families < 0.08  # ≤ 5 % in expectation; uncorrected it would be ~19 %
+
+
+def test_trend_matches_scipy_and_hand_example():
+    from gptlab.lab.stats import trend
+
+    t = trend([0, 1, 2, 3], [1.0, 3.0, 5.0, 7.0])  # exact line: slope 2, no residual
+    assert t.slope == pytest.approx(2.0) and t.ci_low == pytest.approx(2.0) and t.p < 1e-6
+    rng = np.random.default_rng(3)
+    x = np.repeat(np.arange(5.0), 4)
+    y = 0.1 * x + rng.normal(0, 0.2, len(x))
+    t, ref = trend(x, y), stats.linregress(x, y)
+    half = stats.t.ppf(0.975, len(x) - 2) * ref.stderr
+    assert (t.slope, t.ci_low, t.ci_high, t.p) == pytest.approx((ref.slope, ref.slope - half, ref.slope + half,
+                                                                ref.pvalue))
+    assert math.isnan(trend([1, 1, 1], [1, 2, 3]).slope)
+
+
+def test_trend_with_seed_intercepts_matches_least_squares_with_dummies():
+    from gptlab.lab.stats import trend
+
+    rng = np.random.default_rng(4)
+    seeds = np.repeat(np.arange(5), 6)
+    x = np.tile(np.arange(6.0), 5)
+    y = -0.02 * x + rng.normal(0, 0.3, 5)[seeds] + rng.normal(0, 0.01, len(x))  # big seed offsets, small noise
+    t = trend(x, y, groups=seeds)
+    design = np.column_stack([x] + [(seeds == s).astype(float) for s in range(5)])
+    coef, residual, *_ = np.linalg.lstsq(design, y, rcond=None)
+    df = len(y) - design.shape[1]
+    se = math.sqrt(residual[0] / df * np.linalg.inv(design.T @ design)[0, 0])
+    half = stats.t.ppf(0.975, df) * se
+    assert (t.slope, t.ci_low, t.ci_high) == pytest.approx((coef[0], coef[0] - half, coef[0] + half))
+    assert t.p == pytest.approx(2 * stats.t.sf(abs(coef[0] / se), df))
+    loose = trend(x, y)  # ignoring the seeds, the offsets swamp the trend
+    assert t.p < 0.001 < loose.p

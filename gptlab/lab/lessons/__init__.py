@@ -7,9 +7,10 @@ from gptlab.lab.lesson import Lesson
 
 
 def lessons() -> dict[str, Lesson]:
+    from gptlab.lab.lessons.lora_rank import LoraRankLesson
     from gptlab.lab.lessons.tying import TyingLesson
 
-    found = [TyingLesson()]
+    found = [LoraRankLesson(), TyingLesson()]
     return {lesson.name: lesson for lesson in found}
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from gptlab.errors import GptlabError
+from gptlab.io import atomic_write_json
 
 EXAMPLES = """\
 examples:
@@ -121,22 +122,39 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from gptlab.run import load_model, run_data_dir, set_threads
 
     set_threads()
-    model, _, cfg = load_model(args.run, args.checkpoint)
+    model, _, cfg = load_model(args.run, args.checkpoint, overrides=args.overrides)
     data = load_data(run_data_dir(args.run, args.data))
     split = data.val if args.split == "val" else data.train
-    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else [cfg.model.block_size]
-    rows = []
+    try:
+        lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else [cfg.model.block_size]
+    except ValueError:
+        raise GptlabError(f"--lengths {args.lengths!r}: expected comma-separated integers, e.g. 64,128,256") from None
+    rows, curves = [], {}
     for length in lengths:
         try:
             r = evaluate(model, split, length, max_windows=args.max_windows)
-            rows.append({"length": r.length, "loss": r.loss, "perplexity": r.perplexity, "tokens": r.tokens})
-            print(f"length {length:>6}: {args.split} loss {r.loss:.4f}  perplexity {r.perplexity:.3f}  "
-                  f"({r.tokens:,} tokens)")
         except GptlabError as e:
             rows.append({"length": length, "error": str(e)})
             print(f"length {length:>6}: cannot run ({e})")
+            continue
+        rows.append({"length": r.length, "loss": r.loss, "perplexity": r.perplexity, "tokens": r.tokens,
+                     "per_position": r.per_position})
+        curves[length] = r.per_position
+        print(f"length {length:>6}: {args.split} loss {r.loss:.4f}  perplexity {r.perplexity:.3f}  "
+              f"({r.tokens:,} tokens)")
+    if curves:  # where in the window the loss goes: the mean loss of tokens in each eighth of the longest window
+        longest = max(curves)
+        edges = [round(longest * i / 8) for i in range(9)]
+        print("per-position loss (positions: mean loss) at length", longest)
+        print("  " + "  ".join(f"{a}-{b - 1}: {sum(curves[longest][a:b]) / (b - a):.3f}"
+                               for a, b in zip(edges, edges[1:]) if b > a))
+    if args.plot and curves:
+        from gptlab.report import plot_per_position
+
+        plot_per_position(curves, args.plot, f"{args.run} ({args.split})", cfg.model.block_size)
+        print(f"wrote {args.plot}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        atomic_write_json(args.json, rows)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -266,7 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", help="comma-separated context lengths, e.g. 64,128,256 (default: block_size)")
     p.add_argument("--max-windows", type=int, help="evaluate on at most this many windows per length")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--json", metavar="FILE", help="also write the results (with per-position losses) as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="plot the loss at each position for every length")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="read positions differently, without retraining: model.rope_scaling=linear|ntk|yarn with "
+                        "model.rope_scaling_factor=F, or model.learned_overflow=clamp")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("quickstart", help="prepare Shakespeare, train a small model, sample, write a report",

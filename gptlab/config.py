@@ -36,6 +36,12 @@ class ModelConfig:
     positions: PositionKind = "learned"
     rope_base: float = 10000.0
     rope_fraction: float = 1.0  # share of each head's dimensions that RoPE rotates
+    # RoPE context extension without retraining (evaluation or fine-tuning time): position interpolation
+    # ("linear"), NTK-aware base scaling ("ntk") or YaRN ("yarn"), by `rope_scaling_factor` over block_size.
+    rope_scaling: Literal["none", "linear", "ntk", "yarn"] = "none"
+    rope_scaling_factor: float = 1.0
+    # Learned positions past the table: "error", or "clamp" (every later position reuses the last learned vector).
+    learned_overflow: Literal["error", "clamp"] = "error"
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
@@ -46,6 +52,8 @@ class ModelConfig:
         _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         _require(self.rope_base > 1.0, "model.rope_base", f"must be > 1, got {self.rope_base}")
         _require(0.0 < self.rope_fraction <= 1.0, "model.rope_fraction", f"must be in (0, 1], got {self.rope_fraction}")
+        _require(self.rope_scaling_factor >= 1.0, "model.rope_scaling_factor",
+                 f"must be >= 1 (the extended length over block_size), got {self.rope_scaling_factor}")
 
     @property
     def head_dim(self) -> int:
@@ -90,6 +98,9 @@ class TrainConfig:
         _require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
         _require(self.threads >= 0, "train.threads", f"must be >= 0 (0 = one per core), got {self.threads}")
 
+
+# Model settings that change how positions are read, not the weights: `gptlab eval --set` may change them.
+EVAL_TIME_KEYS = ("model.rope_scaling", "model.rope_scaling_factor", "model.learned_overflow")
 
 LORA_TARGETS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 

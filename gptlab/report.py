@@ -32,6 +32,24 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = 
     plt.close(fig)
 
 
+def plot_per_position(curves: dict[int, list[float]], out_png: str | Path, title: str = "",
+                      train_length: int | None = None) -> None:
+    """Mean loss of the token at each position of the window, one line per evaluated length."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for length, curve in sorted(curves.items()):
+        ax.plot(range(len(curve)), curve, lw=1, label=f"length {length}")
+    if train_length:
+        ax.axvline(train_length - 1, color="k", ls=":", lw=1, label="training length")
+    ax.set_xlabel("position in the window")
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title(title or "loss per position")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(out_png, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
 def write_summary(run_dir: str | Path, title: str, facts: dict[str, str], samples: list[str]) -> Path:
     """report.md beside loss_curve.png in the run directory."""
     run_dir = Path(run_dir)

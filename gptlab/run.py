@@ -96,10 +96,22 @@ def run_data_dir(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
     return Path(recorded)
 
 
-def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu") -> tuple[GPT, Tokenizer, RunConfig]:
-    """The trained model (in eval mode), its tokenizer and its config, for sampling and evaluation."""
+def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu",
+               overrides: list[str] | None = None) -> tuple[GPT, Tokenizer, RunConfig]:
+    """The trained model (in eval mode), its tokenizer and its config, for sampling and evaluation.
+
+    `overrides` may change only how positions are read (`EVAL_TIME_KEYS`, e.g. RoPE scaling), never weights."""
+    from gptlab.config import EVAL_TIME_KEYS, apply_overrides
+    from gptlab.errors import ConfigError
+
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
+    for text in overrides or []:
+        key = text.split("=", 1)[0].strip()
+        if key not in EVAL_TIME_KEYS:
+            raise ConfigError(f"--set {key} would change the trained model; at evaluation only "
+                              f"{', '.join(EVAL_TIME_KEYS)} may be set")
+    cfg = apply_overrides(cfg, overrides or [])
     ckpt = load_checkpoint(run_dir, which, with_state=False)
     model = GPT(cfg.model)
     if cfg.lora.r > 0:  # a LoRA fine-tune: its checkpoints hold the base weights and the adapters

@@ -36,6 +36,19 @@ def test_sample_and_eval(trained_run, capsys):
     assert "length      8: val loss" in out and "length     32: cannot run" in out
 
 
+def test_eval_per_position_curve_and_eval_time_settings(trained_run, tmp_path, capsys):
+    out_json, out_png = tmp_path / "eval.json", tmp_path / "pos.png"
+    assert main(["eval", "--run", str(trained_run), "--lengths", "16,32", "--set", "model.learned_overflow=clamp",
+                 "--json", str(out_json), "--plot", str(out_png)]) == 0
+    out = capsys.readouterr().out
+    assert "length     32: val loss" in out and "per-position loss" in out and out_png.stat().st_size > 1000
+    rows = json.loads(out_json.read_text())
+    assert [len(r["per_position"]) for r in rows] == [16, 32]
+    assert abs(sum(rows[1]["per_position"]) / 32 - rows[1]["loss"]) < 1e-9  # the curve averages to the loss
+    one_line_error(capsys, ["eval", "--run", str(trained_run), "--set", "model.n_layer=2"],
+                   "would change the trained model")
+
+
 def test_train_resume_extends(trained_run, tmp_path, capsys):
     import shutil
 

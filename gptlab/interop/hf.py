@@ -59,6 +59,8 @@ def check_exportable(cfg: ModelConfig) -> None:
         problems.append(f"model.positions={cfg.positions} (GPT-2 has learned absolute positions only)")
     if not cfg.bias:
         problems.append("model.bias=false (GPT-2's layers all have biases)")
+    if cfg.learned_overflow != "error":
+        problems.append(f"model.learned_overflow={cfg.learned_overflow} (GPT-2 stops at its position table)")
     if problems:
         raise GptlabError(f"this model cannot be expressed as a transformers GPT-2: {'; '.join(problems)}")
 

@@ -40,15 +40,20 @@ class LearnedPositions(PositionScheme):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.clamp = cfg.learned_overflow == "clamp"
 
-    def max_positions(self) -> int:
-        return self.wpe.num_embeddings
+    def max_positions(self) -> int | None:
+        return None if self.clamp else self.wpe.num_embeddings
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
-        if positions.numel() and int(positions.max()) >= self.wpe.num_embeddings:
-            raise GptlabError(
-                f"position {int(positions.max())} is beyond the learned position table "
-                f"({self.wpe.num_embeddings} positions, model.block_size); use a shorter prompt or context")
+        last = self.wpe.num_embeddings - 1
+        if positions.numel() and int(positions.max()) > last:
+            if not self.clamp:
+                raise GptlabError(
+                    f"position {int(positions.max())} is beyond the learned position table "
+                    f"({self.wpe.num_embeddings} positions, model.block_size); use a shorter prompt or context, "
+                    "or --set model.learned_overflow=clamp to reuse the last learned position for every later one")
+            positions = positions.clamp(max=last)
         return x + self.wpe(positions)
 
 
@@ -79,14 +84,16 @@ class RotaryPositions(PositionScheme):
         if rot == 0:
             raise GptlabError(f"model.rope_fraction={cfg.rope_fraction} rotates no channel of a "
                               f"{cfg.head_dim}-wide head; raise it")
-        inv_freq = cfg.rope_base ** (-torch.arange(0, rot, 2, dtype=torch.float32) / rot)
+        inv_freq, self.attention_factor = rope_frequencies(rot, cfg.rope_base, cfg.rope_scaling,
+                                                           cfg.rope_scaling_factor, cfg.block_size)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.rot = rot
 
     def _cos_sin(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
         angles = torch.cat([angles, angles], dim=-1)  # (T, rot)
-        return angles.cos(), angles.sin()
+        # YaRN's temperature: q and k both scaled, so attention logits grow by attention_factor²
+        return angles.cos() * self.attention_factor, angles.sin() * self.attention_factor
 
     def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         xr, xp = x[..., : self.rot], x[..., self.rot:]
@@ -98,6 +105,34 @@ class RotaryPositions(PositionScheme):
     def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         cos, sin = self._cos_sin(positions)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+
+
+def rope_frequencies(rot: int, base: float, scaling: str = "none", factor: float = 1.0,
+                     original_length: int = 0) -> tuple[Tensor, float]:
+    """RoPE's inverse frequencies for `rot` rotated channels, extended by `factor` over `original_length`.
+
+    linear: every frequency / factor (position interpolation: position p reads as p / factor).
+    ntk:    base × factor^(rot / (rot − 2)): the highest frequency is kept, the lowest divided by factor.
+    yarn:   frequencies that turn more than 32 times over the original length are kept, those that turn less
+            than once are interpolated, with a linear ramp over the channel index between; attention is sharpened
+            by (0.1·ln factor + 1) on q and on k.
+    """
+    exponents = torch.arange(0, rot, 2, dtype=torch.float32) / rot
+    if scaling == "ntk" and factor > 1:
+        base = base * factor ** (rot / (rot - 2)) if rot > 2 else base * factor
+    inv_freq = base ** -exponents
+    if scaling == "linear":
+        return inv_freq / factor, 1.0
+    if scaling == "yarn" and factor > 1:
+        def channel_at(turns: float) -> float:  # the channel pair index at which a frequency turns `turns` times
+            return rot * math.log(original_length / (turns * 2 * math.pi)) / (2 * math.log(base))
+
+        low = max(math.floor(channel_at(32.0)), 0)
+        high = min(math.ceil(channel_at(1.0)), rot - 1)
+        high = high if high != low else high + 1e-3
+        ramp = ((torch.arange(rot // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)  # 1 = interpolate
+        return inv_freq * (1 - ramp) + inv_freq / factor * ramp, 0.1 * math.log(factor) + 1.0
+    return inv_freq, 1.0
 
 
 def alibi_slopes(n_head: int) -> Tensor:

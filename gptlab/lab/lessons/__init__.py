@@ -8,9 +8,10 @@ from gptlab.lab.lesson import Lesson
 
 def lessons() -> dict[str, Lesson]:
     from gptlab.lab.lessons.lora_rank import LoraRankLesson
+    from gptlab.lab.lessons.positions import PositionsLesson
     from gptlab.lab.lessons.tying import TyingLesson
 
-    found = [LoraRankLesson(), TyingLesson()]
+    found = [LoraRankLesson(), PositionsLesson(), TyingLesson()]
     return {lesson.name: lesson for lesson in found}
 
 

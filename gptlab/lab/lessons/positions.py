@@ -1,0 +1,261 @@
+"""Lesson 2: positional encodings — does the scheme matter at the training length, and which one extrapolates?
+
+Each scheme (learned, sinusoidal, RoPE, ALiBi, none) trains at the same context length, budget and size; each
+trained model is then read at 1×, 2×, 4× and 8× the training length. RoPE is also read with each context
+extension method (linear interpolation, NTK-aware, YaRN, with factor = length / training length), and learned
+positions, which cannot run past their table, are also read with the explicit clamp opt-in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gptlab.config import apply_overrides
+from gptlab.errors import GptlabError
+from gptlab.evaluate import evaluate
+from gptlab.lab import stats
+from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant
+from gptlab.lab.lesson import Lesson
+from gptlab.model import GPT
+from gptlab.train.loop import Trainer
+
+SCHEMES = ("learned", "sinusoidal", "rope", "alibi", "none")
+MULTIPLES = (1, 2, 4, 8)
+# How each scheme is read at evaluation: (reading name, eval-time settings given factor = length / block_size)
+READINGS = {
+    "learned": (("learned", lambda f: []), ("learned+clamp", lambda f: ["model.learned_overflow=clamp"])),
+    "rope": (("rope", lambda f: []),
+             ("rope+linear", lambda f: ["model.rope_scaling=linear", f"model.rope_scaling_factor={f}"]),
+             ("rope+ntk", lambda f: ["model.rope_scaling=ntk", f"model.rope_scaling_factor={f}"]),
+             ("rope+yarn", lambda f: ["model.rope_scaling=yarn", f"model.rope_scaling_factor={f}"])),
+}
+
+FULL_BASE = {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128, "model.block_size": 64, "model.bias": False,
+             "train.batch_size": 32, "train.max_steps": 600, "train.warmup_steps": 60, "train.lr": 3e-3,
+             "train.min_lr": 3e-4, "train.eval_every": 100, "train.eval_batches": 20, "train.checkpoint_every": 200,
+             "train.log_every": 50}
+QUICK_BASE = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 16, "model.bias": False,
+              "train.batch_size": 8, "train.max_steps": 30, "train.warmup_steps": 5, "train.lr": 3e-3,
+              "train.min_lr": 3e-4, "train.eval_every": 10, "train.eval_batches": 4, "train.checkpoint_every": 10,
+              "train.log_every": 5}
+EVAL_WINDOWS = 48  # windows per length, evenly spread over the split: the same tokens for every scheme and seed
+
+
+def readings(scheme: str):
+    return READINGS.get(scheme, ((scheme, lambda f: []),))
+
+
+class PositionsLesson(Lesson):
+    name = "positions"
+    title = "positional encodings"
+    question = ("Learned absolute positions, fixed sinusoids, rotary embeddings (RoPE), ALiBi and no positions at all "
+                "(NoPE): does the choice matter at the length a model was trained on, and which extrapolates to "
+                "2×, 4× and 8× that length? RoPE is also read with linear interpolation, NTK-aware scaling and YaRN "
+                "(no retraining), and learned positions with the clamp opt-in.")
+    table_metrics = (("parameters", "parameters", "{:,.0f}"), ("loss_2x", "loss 2×", "{:.4f}"),
+                     ("loss_4x", "loss 4×", "{:.4f}"), ("loss_8x", "loss 8×", "{:.4f}"))
+
+    def profiles(self) -> dict[str, Grid]:
+        variants = tuple(Variant(s, {"model.positions": s}) for s in SCHEMES)
+        return {
+            "quick": Grid((Condition("ctx16", Dataset("shakespeare-poems", "char")),), variants, (0, 1), QUICK_BASE),
+            "full": Grid((Condition("ctx64", Dataset("shakespeare", "char")),), variants, tuple(range(5)), FULL_BASE),
+        }
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        return [("rope", s) for s in SCHEMES if s != "rope"]
+
+    def measure(self, trainer: Trainer, cell: Cell) -> dict[str, Any]:
+        """Loss at each multiple of the training length, for every way of reading the scheme."""
+        block = cell.config.model.block_size
+        state = trainer.model.state_dict()
+        losses: dict[str, dict[str, float | None]] = {}
+        curves: dict[str, list[float]] = {}
+        for reading, settings in readings(cell.config.model.positions):
+            losses[reading] = {}
+            for m in MULTIPLES:
+                cfg = apply_overrides(cell.config, settings(float(m)))
+                model = GPT(cfg.model)
+                model.load_state_dict(state)
+                try:
+                    r = evaluate(model.eval(), trainer.data.val, block * m, max_windows=EVAL_WINDOWS)
+                except GptlabError:  # learned positions past the table: "cannot run"
+                    losses[reading][f"{m}x"] = None
+                    continue
+                losses[reading][f"{m}x"] = r.loss
+                if m == MULTIPLES[-1]:
+                    curves[reading] = r.per_position
+        (trainer.run_dir / "per_position.json").write_text(json.dumps({"length": block * MULTIPLES[-1],
+                                                                        "train_length": block, "curves": curves}))
+        native = losses[readings(cell.config.model.positions)[0][0]]
+        return {"eval": losses, **{f"loss_{m}x": native[f"{m}x"] for m in MULTIPLES[1:]}}
+
+    # -- the report --------------------------------------------------------------------------------------------
+    def extra_blocks(self, results, directory: Path) -> list:
+        from gptlab.lab.report import Block
+
+        table = reading_table(results)
+        if not table:
+            return []
+        plot_lengths(results, table, directory / "loss_vs_length.png")
+        plot_positions(results, directory / "per_position.png")
+        blocks = [Block("h2", "Beyond the training length"),
+                  Block("p", "Loss (mean ± 95 % CI over seeds) of every way of reading each model at each multiple "
+                             "of the training length, on the same validation windows. \"cannot run\": learned "
+                             "positions have no vector past their table (the clamp opt-in reuses the last one).")]
+        rows = [["reading"] + [f"{m}×" for m in MULTIPLES]]
+        for reading, by_length in table.items():
+            rows.append([reading] + [cell_text(by_length[f"{m}x"]) for m in MULTIPLES])
+        blocks.append(Block("table", items=rows))
+        comps = beyond_comparisons(results)
+        blocks.append(Block("p", "Each reading against plain RoPE at each longer length (paired by seed; Holm's "
+                                 f"correction across these {len(comps)} comparisons):"))
+        blocks.append(Block("ul", items=[f"{m}: " + stats.verdict(c, "loss") for m, c in comps]))
+        blocks.append(Block("img", "loss_vs_length.png", items=["loss against evaluation length"]))
+        blocks.append(Block("img", "per_position.png", items=["loss per position at the longest length"]))
+        return blocks
+
+    def discussion(self, results) -> list[str]:
+        table = reading_table(results)
+        if not table:
+            return []
+        text = []
+        at_1 = {r: v["1x"] for r, v in table.items() if v["1x"]}
+        at_8 = {r: v[f"{MULTIPLES[-1]}x"] for r, v in table.items() if v[f"{MULTIPLES[-1]}x"]}
+        best_1 = min(at_1, key=lambda r: np.mean(at_1[r]))
+        text.append(f"At the training length the lowest mean loss is {best_1} ({np.mean(at_1[best_1]):.4f}); the "
+                    "comparisons above say which of the differences from RoPE are larger than seed noise.")
+        if at_8:
+            order = sorted(at_8, key=lambda r: np.mean(at_8[r]))
+            text.append(f"At {MULTIPLES[-1]}× the training length the ranking is "
+                        + ", ".join(f"{r} {np.mean(at_8[r]):.3f}" for r in order) + ".")
+            native = [r for r in order if r in SCHEMES]
+            if native and native[0] != "rope":
+                text.append(f"The common claim that RoPE extrapolates best does not hold here without help: among "
+                            f"the schemes read as trained, {native[0]} is best at {MULTIPLES[-1]}×.")
+            elif native:
+                text.append(f"Among the schemes read as trained, RoPE is best at {MULTIPLES[-1]}×.")
+        return text
+
+
+def reading_table(results) -> dict[str, dict[str, list[float] | None]]:
+    """reading -> "Nx" -> the per-seed losses (None where the reading cannot run)."""
+    table: dict[str, dict[str, list | None]] = {}
+    for c in sorted(results.cells, key=lambda c: (SCHEMES.index(c.variant) if c.variant in SCHEMES else 99, c.seed)):
+        for reading, by_length in c.summary.get("eval", {}).items():
+            row = table.setdefault(reading, {f"{m}x": [] for m in MULTIPLES})
+            for key, loss in by_length.items():
+                if row.get(key) is not None and loss is not None:
+                    row[key].append(loss)
+    for row in table.values():
+        for key in row:
+            if not row[key]:
+                row[key] = None
+    return table
+
+
+def cell_text(values: list[float] | None) -> str:
+    if not values:
+        return "cannot run"
+    s = stats.summarize(values)
+    return f"{s.mean:.4f}" + ("" if math.isnan(s.ci_low) else f" ± {s.half_width:.4f}")
+
+
+def _per_seed(results, reading: str, key: str) -> dict[int, float]:
+    out = {}
+    for c in results.cells:
+        loss = c.summary.get("eval", {}).get(reading, {}).get(key)
+        if loss is not None:
+            out[c.seed] = loss
+    return out
+
+
+def beyond_comparisons(results) -> list[tuple[str, stats.Comparison]]:
+    comps = []
+    table = reading_table(results)
+    for m in MULTIPLES[1:]:
+        key = f"{m}x"
+        base = _per_seed(results, "rope", key)
+        for reading in table:
+            if reading == "rope":
+                continue
+            other = _per_seed(results, reading, key)
+            seeds = sorted(set(base) & set(other))
+            if len(seeds) >= 2:
+                comps.append((f"{m}×", stats.compare([base[s] for s in seeds], [other[s] for s in seeds], "rope",
+                                                     reading, paired=True)))
+    adjusted = stats.adjust([c for _, c in comps])
+    return [(label, c) for (label, _), c in zip(comps, adjusted)]
+
+
+def _style(reading: str) -> dict:
+    return {"ls": "--" if "+" in reading else "-", "marker": "o" if "+" not in reading else "x"}
+
+
+def plot_lengths(results, table: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from gptlab.io import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    for reading, by_length in table.items():
+        xs, means, lows, highs = [], [], [], []
+        for m in MULTIPLES:
+            values = by_length[f"{m}x"]
+            if values:
+                s = stats.summarize(values)
+                xs.append(m)
+                means.append(s.mean)
+                lows.append(s.mean if math.isnan(s.ci_low) else s.ci_low)
+                highs.append(s.mean if math.isnan(s.ci_high) else s.ci_high)
+        line, = ax.plot(xs, means, label=reading, **_style(reading))
+        ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, lw=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(MULTIPLES, [f"{m}×" for m in MULTIPLES])
+    ax.set_yscale("log")
+    ax.set_xlabel("evaluation length / training length")
+    ax.set_ylabel("val loss (log scale)")
+    ax.set_title("Loss against evaluation length (mean, 95 % CI over seeds)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def plot_positions(results, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from gptlab.io import atomic_write
+
+    curves: dict[str, list[list[float]]] = {}
+    train_length = None
+    for c in results.cells:
+        f = results.directory / "cells" / c.condition / c.variant / f"seed{c.seed}" / "per_position.json"
+        if f.is_file():
+            data = json.loads(f.read_text())
+            train_length = data["train_length"]
+            for reading, curve in data["curves"].items():
+                curves.setdefault(reading, []).append(curve)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    for reading, runs in curves.items():
+        mean = np.mean(np.array(runs), axis=0)
+        window = max(1, len(mean) // 64)  # smooth a little: single positions are noisy
+        smooth = np.convolve(mean, np.ones(window) / window, mode="valid")
+        ax.plot(np.arange(len(smooth)) + window // 2, smooth, lw=1.2, label=reading, ls=_style(reading)["ls"])
+    if train_length:
+        ax.axvline(train_length - 1, color="k", ls=":", lw=1, label="training length")
+    ax.set_yscale("log")
+    ax.set_xlabel("position in the window")
+    ax.set_ylabel("loss of the token at that position (log)")
+    ax.set_title("Where each scheme breaks down (mean over seeds, longest length)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)

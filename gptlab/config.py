@@ -43,6 +43,12 @@ class ModelConfig:
     # Learned positions past the table: "error", or "clamp" (every later position reuses the last learned vector).
     learned_overflow: Literal["error", "clamp"] = "error"
     tie_embeddings: bool = True
+    # Stability refinements (GPT-2 defaults first)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_placement: Literal["pre", "post"] = "pre"  # post: x = norm(x + f(x)), the original Transformer
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys (learned gain) before attention
+    logit_softcap: float = 0.0  # > 0: output logits = cap · tanh(logits / cap)
+    init: Literal["gpt2", "plain"] = "gpt2"  # plain: N(0, 0.02) everywhere, no 1/sqrt(2·n_layer) on c_proj
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):
@@ -52,6 +58,7 @@ class ModelConfig:
         _require(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         _require(self.rope_base > 1.0, "model.rope_base", f"must be > 1, got {self.rope_base}")
         _require(0.0 < self.rope_fraction <= 1.0, "model.rope_fraction", f"must be in (0, 1], got {self.rope_fraction}")
+        _require(self.logit_softcap >= 0, "model.logit_softcap", f"must be >= 0 (0 = off), got {self.logit_softcap}")
         _require(self.rope_scaling_factor >= 1.0, "model.rope_scaling_factor",
                  f"must be >= 1 (the extended length over block_size), got {self.rope_scaling_factor}")
 
@@ -68,12 +75,21 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"  # wsd: warmup, stable, linear decay
+    decay_fraction: float = 0.2  # wsd: share of the steps spent decaying to min_lr at the end
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 turns clipping off
+    decay_embeddings: bool = False  # weight decay on embedding tables too (never on norms and biases)
+    z_loss: float = 0.0  # > 0: add z_loss · mean(logsumexp(logits)²), keeping output logits from drifting
+    # A non-finite loss or gradient never reaches the weights: stop (default), skip the batch, or roll back to
+    # the last checkpoint and continue with the learning rate multiplied by rollback_lr_factor.
+    on_nonfinite: Literal["stop", "skip", "rollback"] = "stop"
+    rollback_lr_factor: float = 0.5
+    spike_threshold: float = 6.0  # a loss above the running median by this many robust deviations is a spike
+    spike_window: int = 50
     eval_every: int = 250
     eval_batches: int = 20
     checkpoint_every: int = 500
@@ -96,6 +112,12 @@ class TrainConfig:
         _require(0 <= self.beta2 < 1, "train.beta2", f"must be in [0, 1), got {self.beta2}")
         _require(self.eps > 0, "train.eps", f"must be positive, got {self.eps}")
         _require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+        _require(0 < self.decay_fraction <= 1, "train.decay_fraction", f"must be in (0, 1], got {self.decay_fraction}")
+        _require(self.z_loss >= 0, "train.z_loss", f"must be >= 0 (0 = off), got {self.z_loss}")
+        _require(0 < self.rollback_lr_factor <= 1, "train.rollback_lr_factor",
+                 f"must be in (0, 1], got {self.rollback_lr_factor}")
+        _require(self.spike_threshold > 0, "train.spike_threshold", f"must be positive, got {self.spike_threshold}")
+        _require(self.spike_window >= 5, "train.spike_window", f"must be at least 5, got {self.spike_window}")
         _require(self.threads >= 0, "train.threads", f"must be >= 0 (0 = one per core), got {self.threads}")
 
 

@@ -27,16 +27,29 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.record_max_logit = False  # a probe: when set, forward also stores the largest attention score
+        self.max_logit: float | None = None
 
     def forward(self, x: Tensor, positions: Tensor, scheme: PositionScheme,
                 cache: LayerCache | None = None) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = scheme.rotate(q, k, positions)
         k_pos = positions
         if cache is not None:
             k, v, k_pos = cache.append(k, v, positions)
         bias = scheme.attn_bias(positions, k_pos)
+        if self.record_max_logit:
+            with torch.no_grad():
+                scores = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
+                if bias is not None:
+                    scores = scores + bias
+                visible = k_pos[None, :] <= positions[:, None]
+                self.max_logit = float(scores.masked_fill(~visible, float("-inf")).max())
         p = self.dropout if self.training else 0.0
         if bias is None and k.shape[2] == T:  # a whole sequence: the fused causal kernel
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)

@@ -19,15 +19,25 @@ from gptlab.model.mlp import MLP
 from gptlab.model.positions import PositionScheme, build_positions
 
 
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=1e-5)
+    return nn.LayerNorm(dim, bias=cfg.bias)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_1 = make_norm(cfg, cfg.n_embd)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = make_norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
+        self.post_norm = cfg.norm_placement == "post"
 
     def forward(self, x: Tensor, positions: Tensor, scheme: PositionScheme, cache=None) -> Tensor:
+        if self.post_norm:  # the original Transformer: normalise after each residual sum
+            x = self.ln_1(x + self.attn(x, positions, scheme, cache))
+            return self.ln_2(x + self.mlp(x))
         x = x + self.attn(self.ln_1(x), positions, scheme, cache)
         return x + self.mlp(self.ln_2(x))
 
@@ -40,15 +50,17 @@ class GPT(nn.Module):
         self.positions = build_positions(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        # post-LN blocks already end normalised: a final norm would be a second one in a row
+        self.ln_f = make_norm(cfg, cfg.n_embd) if cfg.norm_placement == "pre" else nn.Identity()
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/√(2·n_layer), zero biases."""
-        residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+        """GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/√(2·n_layer), zero biases
+        (model.init=plain: no residual scaling)."""
+        residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if self.cfg.init == "gpt2" else 0.02
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 std = residual_std if name.endswith("c_proj") else 0.02
@@ -57,9 +69,9 @@ class GPT(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            elif isinstance(module, nn.LayerNorm):
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 nn.init.ones_(module.weight)
-                if module.bias is not None:
+                if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
     def max_positions(self) -> int | None:
@@ -84,4 +96,8 @@ class GPT(nn.Module):
             x = block(x, positions, self.positions, cache.layer(i) if cache is not None else None)
         if cache is not None:
             cache.advance(T, positions)
-        return self.lm_head(self.ln_f(x))
+        logits = self.lm_head(self.ln_f(x))
+        if self.cfg.logit_softcap > 0:  # smooth bound on |logit|: ≈ identity well below the cap
+            cap = self.cfg.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        return logits

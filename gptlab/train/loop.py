@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections import deque
 import math
 import sys
 import time
@@ -79,11 +80,28 @@ def check_resume_changes(saved: RunConfig, wanted: RunConfig) -> None:
                               f"the run); allowed: {', '.join(sorted(RESUMABLE_CHANGES))}")
 
 
+class NonFiniteStep(GptlabError):
+    """A step whose loss or gradient was not finite; nothing of it reached the weights."""
+
+    def __init__(self, step: int, what: str, value: float, cfg: TrainConfig):
+        self.step, self.what = step, what
+        super().__init__(f"training {what} became {value} at step {step}; nothing was saved from this step. Lower "
+                         f"train.lr (now {cfg.lr}) or raise train.warmup_steps, then resume; or set "
+                         "train.on_nonfinite=skip (drop such batches) or rollback (return to the last checkpoint "
+                         "with a lower learning rate)")
+
+
+def z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """mean(logsumexp(logits)²): zero when the softmax normaliser is 1, growing as the logits drift."""
+    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches, cfg: TrainConfig,
                    lr: float, step: int = 0) -> tuple[float, float]:
     """One update from `cfg.grad_accum` micro-batches: the loss is their mean, whatever the split.
 
-    Returns the loss and the gradient norm before clipping. A non-finite loss stops before any update.
+    Returns the cross-entropy loss (without the z-loss term) and the gradient norm before clipping. A non-finite
+    loss or gradient raises `NonFiniteStep` before any update, with the gradients cleared.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -91,18 +109,43 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mic
     for x, y in micro_batches:
         x, y = x.to(cfg.device), y.to(cfg.device)
         with autocast(cfg):
-            loss = lm_loss(model(x), y) / cfg.grad_accum
-        loss.backward()
-        total += loss.item()
+            logits = model(x)
+            ce = lm_loss(logits, y)
+            loss = ce + cfg.z_loss * z_loss(logits) if cfg.z_loss > 0 else ce
+        (loss / cfg.grad_accum).backward()
+        total += ce.item() / cfg.grad_accum
     if not math.isfinite(total):
         optimizer.zero_grad(set_to_none=True)
-        raise GptlabError(f"training loss became {total} at step {step + 1}; nothing was saved from this step. "
-                          f"Lower train.lr (now {cfg.lr}) or raise train.warmup_steps, then resume")
+        raise NonFiniteStep(step + 1, "loss", total, cfg)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
+    if not math.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteStep(step + 1, "gradient norm", grad_norm, cfg)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total, grad_norm
+
+
+class SpikeDetector:
+    """A loss above the running median of the last `window` losses by `threshold` robust deviations (MAD)."""
+
+    def __init__(self, window: int, threshold: float):
+        self.losses: deque[float] = deque(maxlen=window)
+        self.threshold = threshold
+
+    def check(self, loss: float) -> bool:
+        spike = False
+        if len(self.losses) >= self.losses.maxlen // 2:
+            ordered = sorted(self.losses)
+            median = ordered[len(ordered) // 2]
+            mad = sorted(abs(v - median) for v in ordered)[len(ordered) // 2] * 1.4826
+            spike = mad > 0 and loss > median + self.threshold * mad
+        self.losses.append(loss)
+        return spike
+
+
+MAX_ROLLBACKS = 5  # a batch that is non-finite at any learning rate would otherwise roll back for ever
 
 
 class Trainer:
@@ -129,6 +172,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.sampler = BatchSampler(data.train, cfg.train.batch_size, cfg.model.block_size, seed=cfg.train.seed)
         self.step, self.best_val, self.elapsed = 0, math.inf, 0.0
+        self.lr_scale = 1.0  # lowered by each rollback after a non-finite step
+        self.counts = {"spikes": 0, "skipped": 0, "rollbacks": 0}
+        self.peaks = {"max_attn_logit": 0.0, "max_output_logit": 0.0}
+        self.spikes = SpikeDetector(cfg.train.spike_window, cfg.train.spike_threshold)
         if resume:
             self._restore()
         else:
@@ -143,7 +190,8 @@ class Trainer:
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.sampler"] = self.sampler.state()
         meta = {"best_val": self.best_val if math.isfinite(self.best_val) else None, "elapsed": self.elapsed,
-                "param_groups": groups, "config": to_dict(self.cfg)}
+                "param_groups": groups, "config": to_dict(self.cfg), "lr_scale": self.lr_scale,
+                "counts": self.counts, "peaks": self.peaks}
         return Checkpoint(self.step, model_state(self.model), tensors, meta)
 
     def _restore(self) -> None:
@@ -155,15 +203,68 @@ class Trainer:
         self.step = ckpt.step
         self.best_val = ckpt.meta["best_val"] if ckpt.meta.get("best_val") is not None else math.inf
         self.elapsed = ckpt.meta.get("elapsed", 0.0)
+        self.lr_scale = ckpt.meta.get("lr_scale", 1.0)
+        self.counts = {**self.counts, **ckpt.meta.get("counts", {})}
+        self.peaks = {**self.peaks, **ckpt.meta.get("peaks", {})}
 
     def save(self, best: bool = False) -> None:
+        for name, p in self.model.named_parameters():  # never write a checkpoint that cannot be resumed from
+            if not torch.isfinite(p).all():
+                raise GptlabError(f"refusing to checkpoint step {self.step}: {name} holds non-finite values; "
+                                  "the previous checkpoint is intact")
         save_checkpoint(self.run_dir, self._state(), ("last", "best") if best else ("last",))
 
+    @torch.no_grad()
+    def probe(self) -> dict[str, float]:
+        """Largest attention score and largest |output logit| on one fixed validation window (cheap)."""
+        was_training = self.model.training
+        self.model.eval()
+        attention = [m for m in self.model.modules() if hasattr(m, "record_max_logit")]
+        for m in attention:
+            m.record_max_logit = True
+        x = torch.from_numpy(self.data.val[: self.cfg.model.block_size].astype("int64"))[None].to(self.cfg.train.device)
+        try:
+            logits = self.model(x)
+        finally:
+            for m in attention:
+                m.record_max_logit = False
+        self.model.train(was_training)
+        out = {"max_attn_logit": max((m.max_logit for m in attention), default=0.0),
+               "max_output_logit": float(logits.abs().max())}
+        self.peaks = {k: max(self.peaks[k], v) for k, v in out.items()}
+        return out
+
+    def _nonfinite(self, error: "NonFiniteStep") -> None:
+        """Apply train.on_nonfinite to a step that produced a non-finite loss or gradient."""
+        policy = self.cfg.train.on_nonfinite
+        if policy == "stop":
+            raise error
+        if policy == "skip":
+            self.step += 1  # the batch is consumed and dropped
+            self.counts["skipped"] += 1
+            self.metrics.log({"step": self.step, "event": "skipped", "reason": f"non-finite {error.what}"})
+            return
+        last = self.run_dir / "checkpoints" / "last.json"
+        if not last.is_file() or self.counts["rollbacks"] >= MAX_ROLLBACKS:
+            why = "no checkpoint to return to yet" if not last.is_file() else f"{MAX_ROLLBACKS} rollbacks already"
+            raise GptlabError(f"{error} (rollback impossible: {why})")
+        counts, at = dict(self.counts), self.step + 1
+        self._restore()
+        self.counts = {**counts, "rollbacks": counts["rollbacks"] + 1}
+        self.lr_scale *= self.cfg.train.rollback_lr_factor
+        self.metrics.log({"step": at, "event": "rollback", "reason": f"non-finite {error.what}",
+                          "to_step": self.step, "lr_scale": self.lr_scale})
+
     # -- one optimizer step -----------------------------------------------------------------------------------
-    def train_step(self) -> tuple[float, float, float]:
-        lr = lr_at(self.step, self.cfg.train)
+    def train_step(self) -> tuple[float, float, float] | None:
+        """One optimizer step: (loss, lr, grad norm), or None when a non-finite step was skipped or rolled back."""
+        lr = lr_at(self.step, self.cfg.train) * self.lr_scale
         micro_batches = (self.sampler.next() for _ in range(self.cfg.train.grad_accum))
-        loss, grad_norm = optimizer_step(self.model, self.optimizer, micro_batches, self.cfg.train, lr, self.step)
+        try:
+            loss, grad_norm = optimizer_step(self.model, self.optimizer, micro_batches, self.cfg.train, lr, self.step)
+        except NonFiniteStep as e:
+            self._nonfinite(e)
+            return None
         self.step += 1
         return loss, lr, grad_norm
 
@@ -180,17 +281,25 @@ class Trainer:
         try:
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
-                loss, lr, grad_norm = self.train_step()
+                result = self.train_step()
                 self.elapsed += time.perf_counter() - t0
+                if result is None:  # skipped or rolled back: the bar follows the step
+                    bar.n = self.step
+                    bar.refresh()
+                    continue
+                loss, lr, grad_norm = result
                 window_steps += 1
                 bar.update(1)
+                if self.spikes.check(loss):
+                    self.counts["spikes"] += 1
+                    self.metrics.log({"step": self.step, "event": "spike", "loss": loss})
                 if self.on_step is not None:
                     self.on_step(self.step, loss)
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                     dt = time.perf_counter() - window_start
                     tps = window_steps * tokens_per_step / dt if dt > 0 else 0.0
                     self.metrics.log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                      "tokens_per_s": tps, "elapsed": self.elapsed})
+                                      "tokens_per_s": tps, "elapsed": self.elapsed, **self.probe()})
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
                     window_start, window_steps = time.perf_counter(), 0
                 is_last = self.step == cfg.max_steps
@@ -222,7 +331,8 @@ class Trainer:
         return {"step": self.step, "final_loss": loss, "val_loss": val, "best_val_loss": self.best_val,
                 "elapsed_s": self.elapsed, "tokens": n_tokens,
                 "tokens_per_s": n_tokens / self.elapsed if self.elapsed else None,
-                "parameters": count_parameters(self.model), "threads": self.threads}
+                "parameters": count_parameters(self.model), "threads": self.threads, **self.counts, **self.peaks,
+                "lr_scale": self.lr_scale}
 
 
 def train(data_dir: str | Path, out: str | Path, cfg: RunConfig, progress: bool | None = None,

@@ -9,9 +9,10 @@ from gptlab.lab.lesson import Lesson
 def lessons() -> dict[str, Lesson]:
     from gptlab.lab.lessons.lora_rank import LoraRankLesson
     from gptlab.lab.lessons.positions import PositionsLesson
+    from gptlab.lab.lessons.stability import StabilityLesson
     from gptlab.lab.lessons.tying import TyingLesson
 
-    found = [LoraRankLesson(), PositionsLesson(), TyingLesson()]
+    found = [LoraRankLesson(), PositionsLesson(), StabilityLesson(), TyingLesson()]
     return {lesson.name: lesson for lesson in found}
 
 

@@ -1,0 +1,185 @@
+"""Lesson 5: training stability — which refinements widen the range of learning rates that train well?
+
+A baseline (pre-LN, warmup, clipping at 1.0) and variants that remove a safeguard (no warmup, post-LN, no
+clipping) or add one (QK-norm, z-loss, both) are trained at peak learning rates spanning two orders of
+magnitude, several seeds each, at a fixed budget. A run that produces a non-finite loss stops there and counts
+as diverged; its loss is recorded as ln(vocabulary), the loss of a uniform guess.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gptlab.data import TokenData
+from gptlab.lab import stats
+from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant
+from gptlab.lab.lesson import Lesson
+from gptlab.train.loop import NonFiniteStep, Trainer
+from gptlab.train.metrics import read_metrics
+
+BASELINE = "baseline"
+VARIANTS = (
+    Variant(BASELINE, {}, "pre-LN, warmup, clip 1.0"),
+    Variant("no-warmup", {"train.warmup_steps": 0}),
+    Variant("post-ln", {"model.norm_placement": "post"}),
+    Variant("no-clip", {"train.grad_clip": 0.0}),
+    Variant("qk-norm", {"model.qk_norm": True}),
+    Variant("z-loss", {"train.z_loss": 1e-4}),
+    Variant("qk-norm+z-loss", {"model.qk_norm": True, "train.z_loss": 1e-4}),
+)
+FULL = {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 64, "model.block_size": 64, "model.bias": False,
+        "train.batch_size": 16, "train.max_steps": 300, "train.warmup_steps": 30, "train.weight_decay": 0.1,
+        "train.eval_every": 50, "train.eval_batches": 10, "train.checkpoint_every": 100, "train.log_every": 10}
+QUICK = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32, "model.bias": False,
+         "train.batch_size": 8, "train.max_steps": 24, "train.warmup_steps": 4, "train.eval_every": 8,
+         "train.eval_batches": 4, "train.checkpoint_every": 8, "train.log_every": 4}
+FULL_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+QUICK_LRS = (3e-3, 3e-1)
+
+
+def lr_condition(lr: float, dataset: Dataset) -> Condition:
+    return Condition(f"lr{lr:g}", dataset, {"train.lr": lr, "train.min_lr": lr / 10})
+
+
+class StabilityLesson(Lesson):
+    name = "stability"
+    title = "training stability"
+    question = ("Which refinements buy stability? A baseline (pre-LN, warmup, gradient clipping) and variants without "
+                "warmup, with post-LN, without clipping, with QK-norm, with z-loss and with both, trained at peak "
+                "learning rates across two orders of magnitude: final loss against learning rate, how much worse "
+                "than its best each variant gets across the range, divergence, loss spikes and the growth of the "
+                "largest attention logit.")
+    table_metrics = (("diverged", "diverged", "{:.0%}"), ("spikes", "spikes", "{:.1f}"),
+                     ("max_attn_logit", "max attn logit", "{:.1f}"), ("max_output_logit", "max |logit|", "{:.1f}"))
+
+    def profiles(self) -> dict[str, Grid]:
+        full_data, quick_data = Dataset("shakespeare", "char"), Dataset("shakespeare-poems", "char")
+        return {"quick": Grid(tuple(lr_condition(lr, quick_data) for lr in QUICK_LRS), VARIANTS, (0, 1), QUICK),
+                "full": Grid(tuple(lr_condition(lr, full_data) for lr in FULL_LRS), VARIANTS, tuple(range(3)), FULL)}
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        return [(BASELINE, v.name) for v in VARIANTS if v.name != BASELINE]
+
+    def run_cell(self, cell: Cell, cell_dir: Path, data: TokenData, resume: bool, workdir: Path) -> dict[str, Any]:
+        trainer = Trainer(cell_dir, cell.config, data, resume=resume, progress=False, quiet=True)
+        try:
+            summary = trainer.run()
+            summary.update(diverged=0, diverged_step=None)
+        except NonFiniteStep as e:  # divergence is a result here, not a failure
+            chance = math.log(data.meta["vocab_size"])
+            summary = trainer.summary(math.nan, None)
+            summary.update(diverged=1, diverged_step=e.step, val_loss=chance, final_loss=None)
+        return summary
+
+    # -- the report --------------------------------------------------------------------------------------------
+    def extra_blocks(self, results, directory: Path) -> list:
+        from gptlab.lab.report import Block
+
+        lrs = sorted({float(c.condition[2:]) for c in results.cells})
+        if len(lrs) < 2:
+            return []
+        plot_lr_curves(results, lrs, directory / "loss_vs_lr.png")
+        growth_lr = plot_attention_growth(results, lrs, directory / "attention_growth.png")
+        sens = sensitivities(results, lrs)
+        blocks = [Block("h2", "Learning-rate sensitivity"),
+                  Block("p", "Per seed: the mean, over the learning rates, of how much worse the final val loss is "
+                             "than that seed's best learning rate (0 = equally good everywhere). Each variant against "
+                             "the baseline, paired by seed, Holm-corrected; diverged runs count at ln(vocabulary).")]
+        rows = [["variant", "sensitivity (mean ± 95 % CI)", "diverged runs", "best lr"]]
+        for variant, values in sens.items():
+            s = stats.summarize(values)
+            div = [c.summary.get("diverged", 0) for c in results.cells if c.variant == variant]
+            means = {lr: np.mean(results.values(f"lr{lr:g}", variant, "val_loss") or [math.nan]) for lr in lrs}
+            rows.append([variant, f"{s.mean:.4f}" + ("" if math.isnan(s.ci_low) else f" ± {s.half_width:.4f}"),
+                         f"{sum(div)}/{len(div)}", f"{min(means, key=means.get):g}"])
+        blocks.append(Block("table", items=rows))
+        comps = stats.adjust([stats.compare(sens[BASELINE], sens[v], BASELINE, v, paired=True)
+                              for v in sens if v != BASELINE and BASELINE in sens])
+        blocks.append(Block("ul", items=[stats.verdict(c, "LR sensitivity") for c in comps]))
+        blocks.append(Block("img", "loss_vs_lr.png", items=["final val loss against peak learning rate"]))
+        blocks.append(Block("img", "attention_growth.png",
+                            items=[f"largest attention logit during training at lr {growth_lr:g}"]))
+        return blocks
+
+    def discussion(self, results) -> list[str]:
+        lrs = sorted({float(c.condition[2:]) for c in results.cells})
+        if len(lrs) < 2:
+            return []
+        sens = sensitivities(results, lrs)
+        if BASELINE not in sens:
+            return []
+        comps = stats.adjust([stats.compare(sens[BASELINE], sens[v], BASELINE, v, paired=True)
+                              for v in sens if v != BASELINE])
+        wider = [c.b for c in comps if c.significant() and c.diff < 0]
+        narrower = [c.b for c in comps if c.significant() and c.diff > 0]
+        same = [c.b for c in comps if not c.significant()]
+        return [f"Widen the stable range (lower sensitivity than the baseline): {', '.join(wider) or 'none'}. "
+                f"Narrow it: {', '.join(narrower) or 'none'}. No significant change: {', '.join(same) or 'none'}."]
+
+
+def sensitivities(results, lrs: list[float]) -> dict[str, list[float]]:
+    out = {}
+    for variant in results.variants:
+        per_seed = {}
+        for c in results.cells:
+            if c.variant == variant and isinstance(c.summary.get("val_loss"), (int, float)):
+                per_seed.setdefault(c.seed, {})[float(c.condition[2:])] = c.summary["val_loss"]
+        complete = [v for v in per_seed.values() if len(v) == len(lrs)]
+        if complete:
+            out[variant] = [float(np.mean([loss - min(v.values()) for loss in v.values()])) for v in complete]
+    return out
+
+
+def plot_lr_curves(results, lrs: list[float], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from gptlab.io import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    for variant in results.variants:
+        summaries = [stats.summarize(results.values(f"lr{lr:g}", variant, "val_loss")) for lr in lrs]
+        mean = np.array([s.mean for s in summaries])
+        low = np.array([s.mean if math.isnan(s.ci_low) else s.ci_low for s in summaries])
+        high = np.array([s.mean if math.isnan(s.ci_high) else s.ci_high for s in summaries])
+        line, = ax.plot(lrs, mean, marker="o", label=variant, lw=1.4, ls="-" if variant == BASELINE else "--")
+        ax.fill_between(lrs, low, high, color=line.get_color(), alpha=0.12, lw=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("final val loss (diverged = ln vocabulary)")
+    ax.set_title("Final loss against learning rate (mean, 95 % CI over seeds)", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def plot_attention_growth(results, lrs: list[float], path: Path) -> float:
+    """Max attention logit over steps, mean over seeds, at the second-highest learning rate; returns that rate."""
+    import matplotlib.pyplot as plt
+
+    from gptlab.io import atomic_write
+
+    lr = lrs[-2] if len(lrs) > 2 else lrs[-1]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    for variant in results.variants:
+        runs = []
+        for c in results.arm(f"lr{lr:g}", variant):
+            cell = results.directory / "cells" / c.condition / c.variant / f"seed{c.seed}" / "metrics.jsonl"
+            runs.append({r["step"]: r["max_attn_logit"] for r in read_metrics(cell) if "max_attn_logit" in r})
+        steps = sorted(set.intersection(*(set(r) for r in runs))) if runs else []
+        if steps:
+            ax.plot(steps, [np.mean([r[s] for r in runs]) for s in steps], label=variant, lw=1.4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("largest attention logit (probe window)")
+    ax.set_title(f"Attention-logit growth at lr {lr:g} (mean over seeds; diverged runs end early)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return lr

@@ -200,38 +200,26 @@ def _style(reading: str) -> dict:
 def plot_lengths(results, table: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from gptlab.io import atomic_write
+    from gptlab.lab.report import band, save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for reading, by_length in table.items():
-        xs, means, lows, highs = [], [], [], []
-        for m in MULTIPLES:
-            values = by_length[f"{m}x"]
-            if values:
-                s = stats.summarize(values)
-                xs.append(m)
-                means.append(s.mean)
-                lows.append(s.mean if math.isnan(s.ci_low) else s.ci_low)
-                highs.append(s.mean if math.isnan(s.ci_high) else s.ci_high)
-        line, = ax.plot(xs, means, label=reading, **_style(reading))
-        ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15, lw=0)
+        xs = [m for m in MULTIPLES if by_length[f"{m}x"]]
+        mean, low, high = band([by_length[f"{m}x"] for m in xs])
+        line, = ax.plot(xs, mean, label=reading, **_style(reading))
+        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, lw=0)
     ax.set_xscale("log", base=2)
     ax.set_xticks(MULTIPLES, [f"{m}×" for m in MULTIPLES])
     ax.set_yscale("log")
     ax.set_xlabel("evaluation length / training length")
     ax.set_ylabel("val loss (log scale)")
-    ax.set_title("Loss against evaluation length (mean, 95 % CI over seeds)", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    save_figure(fig, ax, path, "Loss against evaluation length (mean, 95 % CI over seeds)", legend_cols=2)
 
 
 def plot_positions(results, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from gptlab.io import atomic_write
+    from gptlab.lab.report import save_figure
 
     curves: dict[str, list[list[float]]] = {}
     train_length = None
@@ -253,9 +241,4 @@ def plot_positions(results, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("position in the window")
     ax.set_ylabel("loss of the token at that position (log)")
-    ax.set_title("Where each scheme breaks down (mean over seeds, longest length)", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    save_figure(fig, ax, path, "Where each scheme breaks down (mean over seeds, longest length)", legend_cols=2)

@@ -137,32 +137,24 @@ def sensitivities(results, lrs: list[float]) -> dict[str, list[float]]:
 def plot_lr_curves(results, lrs: list[float], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from gptlab.io import atomic_write
+    from gptlab.lab.report import band, save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for variant in results.variants:
-        summaries = [stats.summarize(results.values(f"lr{lr:g}", variant, "val_loss")) for lr in lrs]
-        mean = np.array([s.mean for s in summaries])
-        low = np.array([s.mean if math.isnan(s.ci_low) else s.ci_low for s in summaries])
-        high = np.array([s.mean if math.isnan(s.ci_high) else s.ci_high for s in summaries])
+        mean, low, high = band([results.values(f"lr{lr:g}", variant, "val_loss") for lr in lrs])
         line, = ax.plot(lrs, mean, marker="o", label=variant, lw=1.4, ls="-" if variant == BASELINE else "--")
         ax.fill_between(lrs, low, high, color=line.get_color(), alpha=0.12, lw=0)
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel("final val loss (diverged = ln vocabulary)")
-    ax.set_title("Final loss against learning rate (mean, 95 % CI over seeds)", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    save_figure(fig, ax, path, "Final loss against learning rate (mean, 95 % CI over seeds)", legend_cols=2)
 
 
 def plot_attention_growth(results, lrs: list[float], path: Path) -> float:
     """Max attention logit over steps, mean over seeds, at the second-highest learning rate; returns that rate."""
     import matplotlib.pyplot as plt
 
-    from gptlab.io import atomic_write
+    from gptlab.lab.report import save_figure
 
     lr = lrs[-2] if len(lrs) > 2 else lrs[-1]
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
@@ -176,10 +168,6 @@ def plot_attention_growth(results, lrs: list[float], path: Path) -> float:
             ax.plot(steps, [np.mean([r[s] for r in runs]) for s in steps], label=variant, lw=1.4)
     ax.set_xlabel("step")
     ax.set_ylabel("largest attention logit (probe window)")
-    ax.set_title(f"Attention-logit growth at lr {lr:g} (mean over seeds; diverged runs end early)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    save_figure(fig, ax, path, f"Attention-logit growth at lr {lr:g} (mean over seeds; diverged runs end early)",
+                legend_cols=2)
     return lr

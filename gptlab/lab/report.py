@@ -167,6 +167,13 @@ def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
                      f"{fmt(c.boot_low)} to {fmt(c.boot_high)}", fmt_p(c.p), fmt_p(c.p_adjusted), fmt(c.hedges_g, 2),
                      c.test])
     blocks.append(Block("table", items=rows))
+    pairs = lesson.comparisons()
+    same = [f"{condition}: {why}" for condition in results.conditions for pair in pairs
+            if results.arm(condition, pair[0]) and results.arm(condition, pair[1])
+            and (why := results.duplicate(condition, pairs, pair))]
+    if same:
+        blocks.append(Block("p", "Left out of the tests (and of Holm's family) because they would repeat a test on "
+                                 "the same runs: " + "; ".join(same) + "."))
     blocks.append(Block("h2", "Verdicts"))
     blocks.append(Block("ul", items=[f"{condition}: " + stats.verdict(c, lesson.metric_label, lesson.lower_is_better)
                                      for condition, c in comparisons]))

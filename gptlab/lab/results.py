@@ -51,13 +51,35 @@ class Results:
         for condition in self.conditions:
             for a, b in pairs:
                 arm_a, arm_b = self.arm(condition, a), self.arm(condition, b)
-                if not arm_a or not arm_b:
+                if not arm_a or not arm_b or self.duplicate(condition, pairs, (a, b)):
                     continue
                 paired = [c.seed for c in arm_a] == [c.seed for c in arm_b]
                 out.append((condition, stats.compare(self.values(condition, a, key), self.values(condition, b, key),
                                                      a, b, paired=paired)))
         adjusted = stats.adjust([c for _, c in out])
         return [(condition, c) for (condition, _), c in zip(out, adjusted)]
+
+    def same_runs(self, condition: str, a: str, b: str) -> bool:
+        """Two arms whose cells ran the same config (e.g. a variant that changes nothing under this condition):
+        comparing them tests nothing, so they are left out of the tests and of Holm's family."""
+        def configs(variant: str) -> list[str]:
+            return [(self.directory / "cells" / condition / variant / f"seed{c.seed}" / "config.yaml").read_text()
+                    for c in self.arm(condition, variant)]
+        try:
+            return configs(a) == configs(b)
+        except OSError:
+            return False
+
+    def duplicate(self, condition: str, pairs: list[tuple[str, str]], pair: tuple[str, str]) -> str | None:
+        """Why `pair` tests nothing new under `condition`: its arms ran the same config, or an earlier pair
+        with the same baseline already compared the same runs. None when it is a real comparison."""
+        a, b = pair
+        if self.same_runs(condition, a, b):
+            return f"{a} and {b} ran the same configuration"
+        for a2, b2 in pairs[: pairs.index(pair)]:
+            if a2 == a and self.arm(condition, b2) and self.same_runs(condition, b, b2):
+                return f"{b} ran the same configuration as {b2}"
+        return None
 
     def curve_band(self, condition: str, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Steps evaluated by every seed, and the mean val loss with its 95 % CI at each."""

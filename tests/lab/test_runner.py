@@ -156,21 +156,24 @@ class LearningRateLesson(Lesson):
                               {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16})
         base = {"model.block_size": 16, "train.batch_size": 4, "train.max_steps": 10, "train.eval_every": 5,
                 "train.eval_batches": 2, "train.warmup_steps": 2}
-        variants = (Variant("slow", {"train.lr": 1e-4}), Variant("fast", {"train.lr": 3e-3}))
+        variants = (Variant("slow", {"train.lr": 1e-4}), Variant("fast", {"train.lr": 3e-3}),
+                    Variant("fast-again", {"train.lr": 0.003}))  # the same runs as "fast", under another name
         return {"quick": Grid((condition,), variants, (0, 1, 2), base)}
 
     def comparisons(self):
-        return [("slow", "fast")]
+        return [("slow", "fast"), ("slow", "fast-again")]
 
 
 def test_a_new_lesson_plugs_into_the_runner(tmp_path):
     out = tmp_path / "lr"
     result = run_lesson(LearningRateLesson(), "quick", out, progress=False)
-    assert result["ran"] == 6
+    assert result["ran"] == 9
     results = load_results(out)
-    (_, comparison), = results.compare(LearningRateLesson().comparisons(), "val_loss")
+    (_, comparison), = results.compare(LearningRateLesson().comparisons(), "val_loss")  # the repeat is left out
     assert comparison.diff < 0 and comparison.test == "paired"  # 30× the learning rate learns faster in 10 steps
-    assert "fast lowers val loss" in (out / "report.md").read_text()
+    assert comparison.p_adjusted == comparison.p  # a family of one
+    md = (out / "report.md").read_text()
+    assert "fast lowers val loss" in md and "fast-again ran the same configuration as fast" in md
     with pytest.raises(GptlabError, match="holds lesson 'lr'"):
         run_lesson(TyingLesson(), "quick", out, progress=False)
 

@@ -92,26 +92,31 @@ def plot_curves(results: Results, lesson: Lesson, path: Path) -> None:
 
 
 def plot_final(results: Results, lesson: Lesson, path: Path) -> None:
-    """Final metric per condition and variant: the mean with its 95 % CI, seeds as faint dots."""
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(results.conditions) + 2), 4.2), dpi=110)
-    colors = _colors(results.variants)
+    """Final metric per variant, one panel (own y scale) per condition: the mean with its 95 % CI, seeds as dots."""
+    n = len(results.conditions)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
     k = len(results.variants)
-    for i, condition in enumerate(results.conditions):
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3.2, 0.9 * k + 1.5) * cols, 3.2 * rows), dpi=110,
+                             squeeze=False)
+    colors = _colors(results.variants)
+    for ax, condition in zip(axes.flat, results.conditions):
         for j, variant in enumerate(results.variants):
             values = results.values(condition, variant, lesson.metric)
             if not values:
                 continue
-            x = i + (j - (k - 1) / 2) * 0.8 / max(k, 1)
             s = stats.summarize(values)
-            ax.scatter([x] * len(values), values, color=colors[variant], alpha=0.3, s=10)
+            ax.scatter([j] * len(values), values, color=colors[variant], alpha=0.3, s=10)
             err = [[s.mean - s.ci_low], [s.ci_high - s.mean]] if not math.isnan(s.ci_low) else None
-            ax.errorbar([x], [s.mean], yerr=err, fmt="o", color=colors[variant], capsize=4,
-                        label=variant if i == 0 else None)
-    ax.set_xticks(range(len(results.conditions)), results.conditions, rotation=20, ha="right", fontsize=9)
-    ax.set_ylabel(f"final {lesson.metric_label}")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
-    ax.set_title(f"{lesson.title}: final {lesson.metric_label} (mean and 95 % CI; dots are seeds)", fontsize=11)
+            ax.errorbar([j], [s.mean], yerr=err, fmt="o", color=colors[variant], capsize=4)
+        ax.set_xticks(range(k), results.variants, rotation=25, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, k - 0.4)
+        ax.set_title(condition, fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].set_ylabel(f"final {lesson.metric_label}")
+    fig.suptitle(f"{lesson.title}: final {lesson.metric_label} (mean and 95 % CI; dots are seeds)", fontsize=11)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)

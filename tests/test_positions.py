@@ -115,3 +115,12 @@ def test_learned_positions_past_the_table_error_or_clamp_when_asked():
         torch.testing.assert_close(clamped.positions.embed(clamped.wte(idx), torch.arange(20)), x)
     with pytest.raises(ConfigError, match="rope_scaling_factor"):
         ModelConfig(rope_scaling_factor=0.5)
+
+
+def test_sinusoid_table_has_the_scale_of_a_freshly_initialised_embedding():
+    from gptlab.model.positions import SinusoidalPositions
+
+    scheme = SinusoidalPositions(ModelConfig(n_embd=64, n_head=4, positions="sinusoidal"))
+    table = scheme.embed(torch.zeros(512, 64), torch.arange(512))
+    assert float(table.pow(2).mean().sqrt()) == pytest.approx(0.02, rel=0.02)
+    assert float(table[0, 32]) == pytest.approx(0.02 * math.sqrt(2))  # cos(0), scaled

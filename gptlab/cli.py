@@ -45,10 +45,38 @@ def cmd_prepare(args: argparse.Namespace) -> None:
           f"({meta['documents']} documents, split by {meta['split']['by']})")
 
 
+def launch_processes(nproc: int, argv: list[str]) -> None:
+    """Run this same command under torchrun with `nproc` processes (data parallel); returns when they end."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:  # the same arguments without --nproc
+        if skip or a.startswith("--nproc="):
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "gptlab", *rest]
+    import os
+
+    threads = max(1, len(os.sched_getaffinity(0)) // nproc)  # torchrun's default of 1 starves larger machines
+    rc = subprocess.call(cmd, env={"OMP_NUM_THREADS": str(threads), **os.environ})
+    if rc:
+        raise SystemExit(rc)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from gptlab.config import build_config
+    from gptlab.train.distributed import is_main_process, launched_by_torchrun
     from gptlab.train.loop import resume, train
 
+    if args.nproc < 1:
+        raise GptlabError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc > 1 and not launched_by_torchrun():
+        return launch_processes(args.nproc, args.argv)
     if args.resume:
         if args.config:
             raise GptlabError("--config cannot be combined with --resume: the run keeps its own config.yaml")
@@ -59,6 +87,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise GptlabError("train needs --data DATA_DIR and --out RUN_DIR (or --resume RUN_DIR)")
         summary = train(args.data, args.out, build_config(args.config, args.overrides), init_from=args.init_from)
         run_dir = args.out
+    if not is_main_process():
+        return
     val = "" if summary["val_loss"] is None else f", val loss {summary['val_loss']:.4f}"
     print(f"{run_dir}: step {summary['step']}, train loss {summary['final_loss']:.4f}{val} "
           f"({summary['elapsed_s']:.0f}s of training)")
@@ -178,11 +208,15 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from gptlab.bench.train import bench_train
+    if args.what == "decode":
+        from gptlab.bench.decode import bench_decode
 
-    if args.what != "train":
-        raise GptlabError(f"bench {args.what} is not available yet; available: train")
-    bench_train(args.config, args.overrides, args.steps, args.warmup, args.vs, args.json)
+        bench_decode(args.config, args.overrides, args.prompt_tokens, args.new_tokens, args.repeats, args.dtype,
+                     args.vs, args.json)
+    else:
+        from gptlab.bench.train import bench_train
+
+        bench_train(args.config, args.overrides, args.steps, args.warmup, args.vs, args.json)
 
 
 def cmd_lab(args: argparse.Namespace) -> None:
@@ -239,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
     p.add_argument("--init-from", metavar="RUN_DIR", help="start from this run's weights and model config "
                    "(fine-tuning, e.g. a model made by `gptlab import hf`)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes, launched with torchrun (gloo on CPU, nccl on GPU); "
+                   "train.batch_size stays the global batch, so the run follows the single-process one (default 1; "
+                   "`torchrun --nproc_per_node=N -m gptlab train ...` does the same)")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -343,11 +381,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("dir", metavar="DIR")
     q.set_defaults(func=cmd_lab)
 
-    p = sub.add_parser("bench", help="measure training speed (tokens/s, MFU) against a baseline in the same run")
-    p.add_argument("what", choices=["train"], help="what to measure")
+    p = sub.add_parser("bench", help="measure speed against a baseline and the machine's limits, in the same run",
+                       description="train: tokens/s and MFU of a training step (default GPT-2 124M shape, batch "
+                       "4 × 256). decode: batch-1 greedy decoding with the KV cache (default GPT-2 124M, prompt 16, "
+                       "128 new tokens) against the memory-bandwidth bound. --vs transformers times "
+                       "transformers' GPT2LMHeadModel on the same shape (and, for decode, the same weights).")
+    p.add_argument("what", choices=["train", "decode"], help="what to measure")
     _add_config_args(p)
-    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--steps", type=int, default=20, help="train: timed optimizer steps (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="train: untimed steps first (default 3)")
+    p.add_argument("--prompt-tokens", type=int, default=16, help="decode: prompt length (default 16)")
+    p.add_argument("--new-tokens", type=int, default=128, help="decode: tokens generated (default 128)")
+    p.add_argument("--repeats", type=int, default=3, help="decode: timed generations, the fastest counts "
+                   "(default 3)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="decode: weight and cache dtype (default float32)")
     p.add_argument("--vs", choices=["transformers"], help="also time transformers' GPT2LMHeadModel, same shape")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
@@ -356,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         args.func(args)
     except GptlabError as e:
@@ -366,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ngptlab {args.command}: interrupted; checkpoints already written are intact ({hint})",
               file=sys.stderr)
         return 130
+    finally:
+        if "torch" in sys.modules:  # leave a torchrun process group cleanly
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
     return 0
 
 

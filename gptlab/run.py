@@ -26,8 +26,11 @@ from gptlab.train.checkpoint import load_checkpoint, load_model_state
 
 
 def set_threads(n: int = 0) -> int:
-    """One intra-op thread per core by default: more threads than cores makes small models many times slower."""
-    n = n or len(os.sched_getaffinity(0))
+    """One intra-op thread per core by default (shared out among the processes of a torchrun launch): more threads
+    than cores makes small models many times slower."""
+    from gptlab.train.distributed import local_world_size
+
+    n = n or max(1, len(os.sched_getaffinity(0)) // local_world_size())
     torch.set_num_threads(n)
     return n
 

@@ -56,8 +56,10 @@ def char_data(corpus_dir, tmp_path_factory) -> Path:
     return out
 
 
+TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+        "train.batch_size=4", "train.max_steps=20", "train.eval_every=10", "train.eval_batches=2",
+        "train.log_every=1", "train.checkpoint_every=10", "train.warmup_steps=2", "train.threads=1"]
+
+
 def tiny_config(*overrides: str) -> RunConfig:
-    base = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-            "train.batch_size=4", "train.max_steps=20", "train.eval_every=10", "train.eval_batches=2",
-            "train.log_every=1", "train.checkpoint_every=10", "train.warmup_steps=2", "train.threads=1"]
-    return build_config(overrides=base + list(overrides))
+    return build_config(overrides=TINY + list(overrides))

@@ -7,12 +7,12 @@ Default shape: GPT-2 124M at batch 4 × 256 tokens (override with --set / --conf
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
 
+from gptlab.bench.hardware import matmul_peak
 from gptlab.config import RunConfig, build_config
 from gptlab.model import GPT, count_parameters, flops_per_token
 from gptlab.run import set_threads
@@ -20,18 +20,6 @@ from gptlab.train.loop import optimizer_step
 from gptlab.train.optim import build_optimizer
 
 BENCH_DEFAULTS = ["model.block_size=256", "train.batch_size=4"]
-
-
-def matmul_peak(n: int = 2048, dtype: torch.dtype = torch.float32, repeats: int = 10) -> float:
-    """Best-of-`repeats` FLOP/s of an n×n matmul: the ceiling MFU is measured against."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
 
 
 def _time_steps(step_fn, steps: int, warmup: int) -> float:

@@ -94,6 +94,7 @@ def quiet_transformers() -> None:
     import logging
 
     logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's enum registrations
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

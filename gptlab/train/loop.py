@@ -29,6 +29,7 @@ from gptlab.model import GPT, count_parameters, flops_per_token
 from gptlab.run import create_run, load_run_config, run_data_dir, run_info, set_threads
 from gptlab.train.checkpoint import (Checkpoint, load_checkpoint, load_model_state, model_state, optimizer_tensors,
                                      restore_optimizer, save_checkpoint)
+from gptlab.train.distributed import Distributed
 from gptlab.train.metrics import MetricsLog
 from gptlab.train.optim import build_optimizer, lr_at
 
@@ -47,18 +48,23 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def estimate_loss(model: GPT, tokens, cfg: RunConfig) -> float:
-    """Mean loss over a fixed set of `eval_batches` random windows (the same ones at every evaluation)."""
+def estimate_loss(model: GPT, tokens, cfg: RunConfig, dist: Distributed | None = None) -> float:
+    """Mean loss over a fixed set of `eval_batches` random windows (the same ones at every evaluation); under
+    several processes each evaluates its share of the batches and all get the same mean."""
     was_training = model.training
     model.eval()
-    losses = []
+    total, count = 0.0, 0
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     with autocast(cfg.train):
-        for x, y in eval_batches(tokens, cfg.train.eval_batches, cfg.train.batch_size, cfg.model.block_size,
-                                 seed=cfg.train.seed + 1):
-            x, y = x.to(cfg.train.device), y.to(cfg.train.device)
-            losses.append(lm_loss(model(x), y).item())
+        for i, (x, y) in enumerate(eval_batches(tokens, cfg.train.eval_batches, cfg.train.batch_size,
+                                                cfg.model.block_size, seed=cfg.train.seed + 1)):
+            if i % world == rank:
+                x, y = x.to(cfg.train.device), y.to(cfg.train.device)
+                total, count = total + lm_loss(model(x), y).item(), count + 1
     model.train(was_training)
-    return sum(losses) / len(losses)
+    if dist is not None:
+        total, count = dist.sum(total, count)
+    return total / count
 
 
 def model_config_for(cfg: RunConfig, data: TokenData) -> RunConfig:
@@ -97,23 +103,30 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches, cfg: TrainConfig,
-                   lr: float, step: int = 0) -> tuple[float, float]:
+                   lr: float, step: int = 0, dist: Distributed | None = None) -> tuple[float, float]:
     """One update from `cfg.grad_accum` micro-batches: the loss is their mean, whatever the split.
 
     Returns the cross-entropy loss (without the z-loss term) and the gradient norm before clipping. A non-finite
-    loss or gradient raises `NonFiniteStep` before any update, with the gradients cleared.
+    loss or gradient raises `NonFiniteStep` before any update, with the gradients cleared. Under several
+    processes (`dist`, `model` wrapped by it) each takes its rows of every global micro-batch, and the loss
+    returned is the global one on every rank, so every rank takes the same decisions.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
     total = 0.0
-    for x, y in micro_batches:
+    for i, (x, y) in enumerate(micro_batches):
+        if dist is not None:
+            x, y = dist.shard(x), dist.shard(y)
         x, y = x.to(cfg.device), y.to(cfg.device)
-        with autocast(cfg):
-            logits = model(x)
-            ce = lm_loss(logits, y)
-            loss = ce + cfg.z_loss * z_loss(logits) if cfg.z_loss > 0 else ce
-        (loss / cfg.grad_accum).backward()
+        with dist.no_sync(model, last=i == cfg.grad_accum - 1) if dist is not None else contextlib.nullcontext():
+            with autocast(cfg):
+                logits = model(x)
+                ce = lm_loss(logits, y)
+                loss = ce + cfg.z_loss * z_loss(logits) if cfg.z_loss > 0 else ce
+            (loss / cfg.grad_accum).backward()
         total += ce.item() / cfg.grad_accum
+    if dist is not None:
+        total = dist.mean(total)
     if not math.isfinite(total):
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteStep(step + 1, "loss", total, cfg)
@@ -125,6 +138,16 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mic
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total, grad_norm
+
+
+class NullMetrics:
+    """The metrics log of a process that is not rank 0: only rank 0 writes."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class SpikeDetector:
@@ -162,6 +185,10 @@ class Trainer:
         self.quiet = quiet
         self.cfg = cfg = model_config_for(cfg, data)
         data.check_fits(cfg.model.block_size)
+        self.dist = Distributed(cfg.train.device)
+        self.dist.check_batch(cfg.train.batch_size)
+        if not self.dist.main:
+            self.progress, self.quiet = False, True
         self.threads = set_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.model = GPT(cfg.model).to(cfg.train.device)
@@ -178,10 +205,13 @@ class Trainer:
         self.spikes = SpikeDetector(cfg.train.spike_window, cfg.train.spike_threshold)
         if resume:
             self._restore()
-        else:
+        elif self.dist.main:
             create_run(self.run_dir, cfg, data, info)
+        self.dist.barrier()
+        self.parallel_model = self.dist.wrap(self.model)  # the model the optimizer step runs through
         tb = self.run_dir / "tensorboard" if cfg.train.tensorboard else None
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.step if resume else None, tb)
+        self.metrics = (MetricsLog(self.run_dir / "metrics.jsonl", self.step if resume else None, tb)
+                        if self.dist.main else NullMetrics())
         self.flops_per_token = flops_per_token(self.model, cfg.model.block_size)
 
     # -- checkpoints ------------------------------------------------------------------------------------------
@@ -212,7 +242,9 @@ class Trainer:
             if not torch.isfinite(p).all():
                 raise GptlabError(f"refusing to checkpoint step {self.step}: {name} holds non-finite values; "
                                   "the previous checkpoint is intact")
-        save_checkpoint(self.run_dir, self._state(), ("last", "best") if best else ("last",))
+        if self.dist.main:
+            save_checkpoint(self.run_dir, self._state(), ("last", "best") if best else ("last",))
+        self.dist.barrier()  # a rollback on any rank may read it next
 
     @torch.no_grad()
     def probe(self) -> dict[str, float]:
@@ -261,7 +293,8 @@ class Trainer:
         lr = lr_at(self.step, self.cfg.train) * self.lr_scale
         micro_batches = (self.sampler.next() for _ in range(self.cfg.train.grad_accum))
         try:
-            loss, grad_norm = optimizer_step(self.model, self.optimizer, micro_batches, self.cfg.train, lr, self.step)
+            loss, grad_norm = optimizer_step(self.parallel_model, self.optimizer, micro_batches, self.cfg.train, lr,
+                                             self.step, self.dist)
         except NonFiniteStep as e:
             self._nonfinite(e)
             return None
@@ -299,12 +332,13 @@ class Trainer:
                     dt = time.perf_counter() - window_start
                     tps = window_steps * tokens_per_step / dt if dt > 0 else 0.0
                     self.metrics.log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                                      "tokens_per_s": tps, "elapsed": self.elapsed, **self.probe()})
+                                      "tokens_per_s": tps, "elapsed": self.elapsed,
+                                      **(self.probe() if self.dist.main else {})})
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
                     window_start, window_steps = time.perf_counter(), 0
                 is_last = self.step == cfg.max_steps
                 if self.step % cfg.eval_every == 0 or is_last:
-                    last_val = estimate_loss(self.model, self.data.val, self.cfg)
+                    last_val = estimate_loss(self.model, self.data.val, self.cfg, self.dist)
                     self.metrics.log({"step": self.step, "val_loss": last_val, "elapsed": self.elapsed})
                     if quiet_bar and not self.quiet:
                         print(f"step {self.step}/{cfg.max_steps}  loss {loss:.4f}  val {last_val:.4f}  "
@@ -321,7 +355,7 @@ class Trainer:
         finally:
             bar.close()
             self.metrics.close()
-        if self.cfg.lora.r > 0:  # the best adapter, in PEFT's layout, at the top of the run directory
+        if self.cfg.lora.r > 0 and self.dist.main:  # the best adapter, in PEFT's layout, at the run's top
             best = load_checkpoint(self.run_dir, "best", with_state=False)
             save_adapter_state(best.model, self.cfg.lora, self.run_dir, run_info(self.run_dir).get("init_from", ""))
         return self.summary(loss, last_val)
@@ -396,7 +430,7 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, data_dir: st
         raise CheckpointError(f"tokenizer of {data.directory} has {data.meta['vocab_size']} tokens but the run's model "
                               f"has {saved.model.vocab_size}; pass the run's own --data")
     trainer = Trainer(run_dir, wanted, data, resume=True, progress=progress)
-    if wanted != saved:
+    if wanted != saved and trainer.dist.main:
         from gptlab.config import save_yaml
 
         save_yaml(wanted, Path(run_dir) / "config.yaml")

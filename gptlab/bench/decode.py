@@ -1,0 +1,115 @@
+"""`gptlab bench decode`: batch-1 greedy decoding with the KV cache, against transformers' `generate` on the
+same weights and against the memory-bandwidth bound, all measured in the same run.
+
+Batch-1 decoding reads every weight once per new token, so its ceiling is the machine's read bandwidth divided
+by the bytes of weights read per token (the position table contributes one row, so it is left out).
+Default shape: GPT-2 124M, prompt 16 tokens, 128 new tokens, random weights (speed does not depend on them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from gptlab.bench.hardware import best_time, read_bandwidth
+from gptlab.config import build_config
+from gptlab.errors import GptlabError
+from gptlab.generate import generate
+from gptlab.model import GPT
+from gptlab.run import set_threads
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def weight_bytes_per_token(model: GPT) -> int:
+    """Bytes of parameters a batch-1 decode step reads: all of them but the position table, of which it reads
+    one row; a tied head is one matrix read once (the embedding lookup reads one row of it)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    wpe = getattr(model.positions, "wpe", None)
+    return total - (wpe.weight.numel() * wpe.weight.element_size() if wpe is not None else 0)
+
+
+def time_gptlab(model: GPT, prompt: list[int], new_tokens: int, repeats: int) -> tuple[float, list[int]]:
+    out: list[int] = []
+
+    def run():
+        out[:] = list(generate(model, prompt, new_tokens, temperature=0.0))
+
+    return best_time(run, repeats), out
+
+
+def hf_twin(model: GPT):
+    """transformers' GPT2LMHeadModel holding exactly `model`'s weights."""
+    from gptlab.interop.hf import check_exportable, hf_config, quiet_transformers, to_hf_state
+    from gptlab.train.checkpoint import model_state
+
+    quiet_transformers()
+    from transformers import GPT2LMHeadModel
+
+    check_exportable(model.cfg)
+    cfg = hf_config(model.cfg, None)
+    cfg._attn_implementation = "sdpa"
+    twin = GPT2LMHeadModel(cfg).eval()
+    state = {k: v.float() for k, v in to_hf_state(model_state(model)).items()}
+    twin.load_state_dict(state, strict=False)
+    if model.cfg.tie_embeddings:
+        twin.tie_weights()
+    return twin.to(model.wte.weight.dtype)
+
+
+def time_transformers(twin, prompt: list[int], new_tokens: int, repeats: int) -> tuple[float, list[int]]:
+    ids = torch.tensor([prompt])
+    out: list[int] = []
+
+    def run():
+        with torch.no_grad():
+            seq = twin.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                min_new_tokens=new_tokens, do_sample=False, use_cache=True,
+                                pad_token_id=twin.config.eos_token_id)
+        out[:] = seq[0, len(prompt):].tolist()
+
+    return best_time(run, repeats), out
+
+
+def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int, new_tokens: int, repeats: int,
+                 dtype: str, vs: str | None, json_out: str | None) -> dict:
+    cfg = build_config(config_file, list(overrides))
+    if prompt_len < 1 or new_tokens < 1:
+        raise GptlabError("--prompt-tokens and --new-tokens must both be at least 1")
+    limit = cfg.model.block_size if cfg.model.positions == "learned" else None
+    if limit is not None and prompt_len + new_tokens > limit:
+        raise GptlabError(f"prompt {prompt_len} + {new_tokens} new tokens exceed model.block_size={limit}; "
+                          "lower --new-tokens or raise model.block_size")
+    threads = set_threads(cfg.train.threads)
+    bandwidth = read_bandwidth()
+    torch.manual_seed(0)
+    model = GPT(cfg.model).eval().to(DTYPES[dtype])
+    prompt = torch.randint(cfg.model.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
+    bytes_per_token = weight_bytes_per_token(model)
+    bound = bandwidth / bytes_per_token
+    seconds, ours_tokens = time_gptlab(model, prompt, new_tokens, repeats)
+    ours = new_tokens / seconds
+    result = {"bench": "decode", "threads": threads, "dtype": dtype, "prompt_tokens": prompt_len,
+              "new_tokens": new_tokens, "weight_mb_per_token": bytes_per_token / 1e6,
+              "read_bandwidth_gb_s": bandwidth / 1e9, "bandwidth_bound_tokens_per_s": bound,
+              "gptlab_tokens_per_s": ours, "gptlab_fraction_of_bound": ours / bound}
+    m = cfg.model
+    print(f"shape: {m.n_layer} layers, {m.n_head} heads, d {m.n_embd}, vocab {m.vocab_size}; batch 1, "
+          f"prompt {prompt_len}, {new_tokens} new tokens, greedy, {dtype}, {threads} threads, best of {repeats}")
+    print(f"read bandwidth (same run): {bandwidth / 1e9:6.1f} GB/s; weights read per token "
+          f"{bytes_per_token / 1e6:.0f} MB → bound {bound:6.1f} tokens/s")
+    print(f"gptlab:        {ours:8.1f} tokens/s   {100 * ours / bound:5.1f} % of the bandwidth bound")
+    if vs == "transformers":
+        seconds, theirs_tokens = time_transformers(hf_twin(model), prompt, new_tokens, repeats)
+        theirs = new_tokens / seconds
+        same = ours_tokens == theirs_tokens
+        result.update({"transformers_tokens_per_s": theirs, "ratio_vs_transformers": ours / theirs,
+                       "same_tokens": same})
+        print(f"transformers:  {theirs:8.1f} tokens/s   gptlab / transformers = {ours / theirs:.2f}×   "
+              f"(same greedy tokens: {'yes' if same else 'no'})")
+    print(json.dumps(result))
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,46 @@
+"""Benchmarks measure what they say, on tiny shapes (no timing is asserted: machines are noisy)."""
+
+import json
+
+import pytest
+
+from gptlab.bench.decode import weight_bytes_per_token
+from gptlab.cli import main
+from gptlab.config import build_config
+from gptlab.model import GPT
+
+TINY = ["--set", "model.n_layer=2", "--set", "model.n_head=2", "--set", "model.n_embd=32", "--set",
+        "model.vocab_size=300", "--set", "model.block_size=64"]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_decode_reads_every_weight_but_the_position_table(tied):
+    model = GPT(build_config(overrides=["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.vocab_size=300",
+                                        f"model.tie_embeddings={tied}"]).model)
+    everything = sum(p.numel() for p in model.parameters())  # a tied matrix is one parameter
+    assert weight_bytes_per_token(model) == 4 * (everything - model.positions.wpe.weight.numel())
+
+
+def test_bench_decode_against_transformers_on_the_same_weights(tmp_path, capsys):
+    out = tmp_path / "decode.json"
+    assert main(["bench", "decode", *TINY, "--new-tokens", "8", "--repeats", "1", "--vs", "transformers",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["same_tokens"] is True  # greedy decoding of the same weights agrees token for token
+    assert result["gptlab_tokens_per_s"] > 0 and result["ratio_vs_transformers"] > 0
+    assert result["bandwidth_bound_tokens_per_s"] == pytest.approx(
+        result["read_bandwidth_gb_s"] * 1e9 / (result["weight_mb_per_token"] * 1e6))
+    assert "% of the bandwidth bound" in capsys.readouterr().out
+
+
+def test_bench_decode_refuses_more_tokens_than_the_context(capsys):
+    assert main(["bench", "decode", *TINY, "--new-tokens", "60"]) == 2
+    assert "exceed model.block_size=64" in capsys.readouterr().err
+
+
+def test_bench_train_reports_mfu_and_ratio(tmp_path):
+    out = tmp_path / "train.json"
+    assert main(["bench", "train", *TINY, "--set", "train.batch_size=2", "--steps", "2", "--warmup", "1",
+                 "--vs", "transformers", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert 0 < result["gptlab_mfu"] < 1 and result["ratio_vs_transformers"] > 0

@@ -208,7 +208,13 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    if args.what == "decode":
+    if args.what == "time-to-loss":
+        from gptlab.bench.time_to_loss import bench_time_to_loss
+
+        if args.config:
+            raise GptlabError("bench time-to-loss runs its two fixed recipes; change the fast one with --set")
+        bench_time_to_loss(args.corpus, args.target, args.check_every, args.overrides, args.threads, args.json)
+    elif args.what == "decode":
         from gptlab.bench.decode import bench_decode
 
         bench_decode(args.config, args.overrides, args.prompt_tokens, args.new_tokens, args.repeats, args.dtype,
@@ -385,8 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="train: tokens/s and MFU of a training step (default GPT-2 124M shape, batch "
                        "4 × 256). decode: batch-1 greedy decoding with the KV cache (default GPT-2 124M, prompt 16, "
                        "128 new tokens) against the memory-bandwidth bound. --vs transformers times "
-                       "transformers' GPT2LMHeadModel on the same shape (and, for decode, the same weights).")
-    p.add_argument("what", choices=["train", "decode"], help="what to measure")
+                       "transformers' GPT2LMHeadModel on the same shape (and, for decode, the same weights). "
+                       "time-to-loss: training seconds until the Tiny Shakespeare char model reaches a val loss, for "
+                       "the reference recipe and gptlab's fast recipe (--set changes the fast one), side by side.")
+    p.add_argument("what", choices=["train", "decode", "time-to-loss"], help="what to measure")
     _add_config_args(p)
     p.add_argument("--steps", type=int, default=20, help="train: timed optimizer steps (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="train: untimed steps first (default 3)")
@@ -396,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 3)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="decode: weight and cache dtype (default float32)")
+    p.add_argument("--corpus", metavar="PATH", help="time-to-loss: tinyshakespeare.txt (default: "
+                   "../shared/data/tinyshakespeare.txt when present)")
+    p.add_argument("--target", type=float, default=1.886, help="time-to-loss: val loss to reach (default 1.886, "
+                   "the reference recipe's final val loss)")
+    p.add_argument("--check-every", type=int, default=50, help="time-to-loss: steps between val checks (default 50)")
+    p.add_argument("--threads", type=int, default=0, help="time-to-loss: intra-op threads (default: one per core)")
     p.add_argument("--vs", choices=["transformers"], help="also time transformers' GPT2LMHeadModel, same shape")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)

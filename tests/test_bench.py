@@ -44,3 +44,25 @@ def test_bench_train_reports_mfu_and_ratio(tmp_path):
                  "--vs", "transformers", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert 0 < result["gptlab_mfu"] < 1 and result["ratio_vs_transformers"] > 0
+
+
+def test_time_to_loss_stops_at_the_first_check_under_the_target(char_data):
+    from gptlab.bench.time_to_loss import time_to_loss
+    from gptlab.data import load_data
+
+    from tests.conftest import tiny_config
+
+    data = load_data(char_data)
+    cfg = tiny_config("train.max_steps=40", "train.lr=3e-3", "model.block_size=64")
+    full = time_to_loss(cfg, data, target=0.0, check_every=10, label="all")  # never reached: the whole schedule
+    assert not full["reached"] and [s for s, _ in full["curve"]] == [0, 10, 20, 30, 40]
+    target = full["curve"][2][1]  # the val loss at step 20: a rerun (same seed) must stop exactly there
+    hit = time_to_loss(cfg, data, target=target, check_every=10, label="hit")
+    assert hit["reached"] and hit["steps"] == 20 and hit["curve"] == full["curve"][:3]
+    assert full["curve"][0][1] > 3.0 > full["curve"][-1][1]  # the reference evaluation sees learning
+
+
+def test_time_to_loss_without_its_corpus_names_the_option(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "time-to-loss"]) == 2
+    assert "--corpus" in capsys.readouterr().err

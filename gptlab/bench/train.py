@@ -48,6 +48,9 @@ def time_gptlab(cfg: RunConfig, steps: int, warmup: int) -> dict:
 
 
 def time_transformers(cfg: RunConfig, steps: int, warmup: int) -> dict:
+    from gptlab.interop.hf import quiet_transformers
+
+    quiet_transformers()
     from transformers import GPT2Config, GPT2LMHeadModel
 
     m = cfg.model

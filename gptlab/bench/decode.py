@@ -49,11 +49,10 @@ def hf_twin(model: GPT):
     from transformers import GPT2LMHeadModel
 
     check_exportable(model.cfg)
-    cfg = hf_config(model.cfg, None)
-    cfg._attn_implementation = "sdpa"
-    twin = GPT2LMHeadModel(cfg).eval()
-    state = {k: v.float() for k, v in to_hf_state(model_state(model)).items()}
-    twin.load_state_dict(state, strict=False)
+    twin = GPT2LMHeadModel(hf_config(model.cfg, None, attn_implementation="sdpa")).eval()
+    missing, unexpected = twin.load_state_dict(to_hf_state(model_state(model)), strict=False)
+    if unexpected or set(missing) - ({"lm_head.weight"} if model.cfg.tie_embeddings else set()):
+        raise GptlabError(f"transformers' GPT-2 does not match this shape (missing {missing}, extra {unexpected})")
     if model.cfg.tie_embeddings:
         twin.tie_weights()
     return twin.to(model.wte.weight.dtype)

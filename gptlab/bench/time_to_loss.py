@@ -81,7 +81,7 @@ def time_to_loss(cfg: RunConfig, data: TokenData, target: float, check_every: in
                 reached = step + 1
                 break
     bar.close()
-    tokens = (curve[-1][0]) * t.batch_size * t.grad_accum * cfg.model.block_size
+    tokens = curve[-1][0] * t.batch_size * t.grad_accum * cfg.model.block_size
     return {"recipe": label, "reached": reached is not None, "steps": curve[-1][0], "seconds": seconds,
             "val_loss": curve[-1][1], "tokens_per_s": tokens / seconds if seconds else math.nan, "curve": curve}
 

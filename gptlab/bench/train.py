@@ -48,18 +48,14 @@ def time_gptlab(cfg: RunConfig, steps: int, warmup: int) -> dict:
 
 
 def time_transformers(cfg: RunConfig, steps: int, warmup: int) -> dict:
-    from gptlab.interop.hf import quiet_transformers
+    from gptlab.interop.hf import hf_config, quiet_transformers
 
     quiet_transformers()
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     m = cfg.model
-    hf_cfg = GPT2Config(vocab_size=m.vocab_size, n_positions=m.block_size, n_embd=m.n_embd, n_layer=m.n_layer,
-                        n_head=m.n_head, resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
-                        tie_word_embeddings=m.tie_embeddings, bos_token_id=m.vocab_size - 1,
-                        eos_token_id=m.vocab_size - 1, attn_implementation="sdpa")
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(hf_cfg).train()
+    model = GPT2LMHeadModel(hf_config(m, None, attn_implementation="sdpa")).train()
     t = cfg.train
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
                             weight_decay=t.weight_decay, foreach=True)

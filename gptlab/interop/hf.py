@@ -68,11 +68,12 @@ def check_exportable(cfg: ModelConfig) -> None:
         raise GptlabError(f"this model cannot be expressed as a transformers GPT-2: {'; '.join(problems)}")
 
 
-def hf_config(cfg: ModelConfig, eot_id: int | None):
+def hf_config(cfg: ModelConfig, eot_id: int | None, **extra):
+    """transformers' GPT2Config of the same shape (`extra`: more GPT2Config settings, e.g. attn_implementation)."""
     from transformers import GPT2Config
 
     special = eot_id if eot_id is not None else cfg.vocab_size - 1
-    return GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+    return GPT2Config(**extra, vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
                       n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function="gelu_new",
                       resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
                       layer_norm_epsilon=1e-5, tie_word_embeddings=cfg.tie_embeddings,

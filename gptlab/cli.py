@@ -24,6 +24,9 @@ examples:
   gptlab finetune --run runs/small --data runs/data/poems --out runs/lora --set lora.r=8 --set lora.scaling=rslora
   gptlab lab run tying --profile quick
   gptlab bench train --set model.n_layer=4 --set model.n_embd=128
+  gptlab quantize --run runs/small --out runs/small-int4 --set quant.bits=4 --set quant.group_size=32
+  gptlab quant inspect --run runs/small --set quant.bits=4
+  gptlab sample --run runs/small --quant int8 --prompt "ROMEO."
   gptlab export hf --run runs/small --out runs/small-hf
   gptlab import hf path/to/gpt2-dir --out runs/gpt2 && gptlab train --init-from runs/gpt2 --data DATA --out runs/ft
 """
@@ -130,7 +133,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
         model, tok, _ = load_with_adapter(args.run, args.adapter, args.checkpoint)
     else:
-        model, tok, _ = load_model(args.run, args.checkpoint)
+        model, tok, _ = load_model(args.run, args.checkpoint, quant=args.quant)
     prompt = args.prompt if args.prompt is not None else ("\n" if tok.eot_id is None else None)
     for i in range(args.num_samples):
         ids = tok.encode(prompt) if prompt is not None else [tok.eot_id]
@@ -187,6 +190,39 @@ def cmd_eval(args: argparse.Namespace) -> None:
         atomic_write_json(args.json, rows)
 
 
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from gptlab.quant.workflow import describe, quantize_run
+    from gptlab.run import load_run_config, set_threads
+
+    set_threads()
+    r = quantize_run(args.run, args.out, args.overrides, args.data, args.eval_windows)
+    q = load_run_config(args.out).quant
+    print(f"wrote {args.out}: {describe(q)}")
+    print(f"  val loss {r['val_loss_float']:.4f} (float) → {r['val_loss_quantized']:.4f} (quantized), "
+          f"Δ {r['val_loss_quantized'] - r['val_loss_float']:+.4f} on {r['eval_windows']} windows of {r['length']}")
+    print(f"  model on disk {r['bytes_float'] / 1e6:.2f} MB → {r['bytes_quantized'] / 1e6:.2f} MB "
+          f"({r['bytes_quantized'] / max(r['bytes_float'], 1):.0%})")
+    if args.json:
+        atomic_write_json(args.json, r)
+
+
+def cmd_quant(args: argparse.Namespace) -> None:
+    from gptlab.lab.report import Block, to_markdown
+    from gptlab.quant.inspect import as_records, stats_table
+    from gptlab.quant.workflow import describe, inspect_run
+    from gptlab.run import set_threads
+
+    set_threads()
+    q, stats = inspect_run(args.run, args.overrides, args.data, args.eval_windows, not args.no_sensitivity)
+    print(f"{args.run}: layers as {describe(q)} would quantize them")
+    print(to_markdown([Block("table", items=stats_table(stats))]))
+    worst = max((s for s in stats if s.sensitivity is not None), key=lambda s: s.sensitivity, default=None)
+    if worst is not None:
+        print(f"most sensitive: {worst.name} ({worst.sensitivity:+.4f} val loss when quantized alone)")
+    if args.json:
+        atomic_write_json(args.json, as_records(stats))
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from gptlab.interop.hf import export_hf
 
@@ -218,7 +254,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         from gptlab.bench.decode import bench_decode
 
         bench_decode(args.config, args.overrides, args.prompt_tokens, args.new_tokens, args.repeats, args.dtype,
-                     args.vs, args.json)
+                     args.vs, args.json, args.quant)
     else:
         from gptlab.bench.train import bench_train
 
@@ -319,7 +355,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--adapter", metavar="ADAPTER_DIR", help="add a LoRA adapter (gptlab finetune or PEFT) to --run")
+    p.add_argument("--quant", choices=["none", "int8"], default="none", help="int8: int8 weights (per channel) in "
+                   "every linear layer, head included, with the fused int8 decode kernel")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("quantize", help="quantize a run's weights (and activations) into a new run",
+                       description="Post-training quantization of a float run, or the integer form of a "
+                       "quantization-aware run (train with --set quant.qat=ste|clipped|lsq). The new run "
+                       "samples and evaluates like any other; the val loss before and after and the size on disk "
+                       "are printed.", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  gptlab quantize --run runs/small --out runs/small-int8\n"
+                              "  gptlab quantize --run runs/small --out runs/small-int4 --set quant.bits=4 "
+                              "--set quant.group_size=32\n"
+                              "  gptlab quantize --run runs/small --out runs/small-w8a8 --set quant.activations=token "
+                              "--set quant.smooth=0.5\n"
+                              "settings: quant.bits (2-8), quant.scheme (symmetric|asymmetric), quant.granularity "
+                              "(tensor|channel), quant.group_size,\n  quant.clip_ratio, quant.targets (blocks|all), "
+                              "quant.activations (none|tensor|token|static), quant.act_bits, quant.smooth, "
+                              "quant.calib_batches")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--data", metavar="DATA_DIR", help="calibration and evaluation data (default: the run's)")
+    p.add_argument("--eval-windows", type=int, default=64, help="validation windows for the before/after loss")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a quant.* setting, e.g. --set quant.bits=4 (repeatable)")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("quant", help="quantization diagnostics (inspect: outliers and per-layer sensitivity)")
+    qsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = qsub.add_parser("inspect", help="per-layer weight/activation statistics and sensitivity of a float run")
+    q.add_argument("--run", required=True, metavar="RUN_DIR")
+    q.add_argument("--data", metavar="DATA_DIR", help="calibration and evaluation data (default: the run's)")
+    q.add_argument("--eval-windows", type=int, default=32, help="validation windows per sensitivity evaluation")
+    q.add_argument("--no-sensitivity", action="store_true", help="statistics only (skip the per-layer evaluations)")
+    q.add_argument("--json", metavar="FILE", help="also write the statistics as JSON")
+    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="the quant.* config the sensitivity uses, e.g. --set quant.bits=4")
+    q.set_defaults(func=cmd_quant)
 
     p = sub.add_parser("eval", help="loss and perplexity of a run, at one or several context lengths")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
@@ -404,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 3)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="decode: weight and cache dtype (default float32)")
+    p.add_argument("--quant", choices=["none", "int8"], default="none", help="decode: int8 weights in every linear "
+                   "layer (fused int8 kernel); transformers stays fp32, the baseline a user would otherwise run")
     p.add_argument("--corpus", metavar="PATH", help="time-to-loss: tinyshakespeare.txt (default: "
                    "../shared/data/tinyshakespeare.txt when present)")
     p.add_argument("--target", type=float, default=1.886, help="time-to-loss: val loss to reach (default 1.886, "

@@ -155,10 +155,52 @@ class LoraConfig:
 
 
 @dataclass(frozen=True)
+class QuantConfig:
+    """Integer quantization of the blocks' linear layers (and the head with targets=all): after training
+    (`gptlab quantize`) or during it (qat != none)."""
+    bits: int = 8  # weights, 2 … 8
+    scheme: Literal["symmetric", "asymmetric"] = "symmetric"
+    # One scale per tensor, or per row (a weight's output channel); group_size > 0 splits each row into groups
+    # of that many input channels, each with its own scale (needs granularity=channel).
+    granularity: Literal["tensor", "channel"] = "channel"
+    group_size: int = 0
+    clip_ratio: float = 1.0  # the range is this share of each group's largest |weight| (< 1 clips outliers)
+    targets: Literal["blocks", "all"] = "blocks"  # all: the output head too (the embedding table stays float)
+    # Activations entering each quantized layer (int8): none, dynamic per tensor, dynamic per token, or static per
+    # tensor with scales from calibration batches.
+    activations: Literal["none", "tensor", "token", "static"] = "none"
+    act_bits: int = 8
+    smooth: float = 0.0  # SmoothQuant migration strength alpha (0 = off; 0.5 is the usual choice)
+    calib_batches: int = 8  # batches of training data for static scales and smoothing
+    calib_seed: int = 0
+    # Quantization-aware training: fake-quant in forward and a straight-through estimator in backward: plain,
+    # clipped (no gradient outside the range), learned step size (LSQ), or "broken" (the gradient through round
+    # left at zero: a deliberate mistake, for the lesson).
+    qat: Literal["none", "ste", "clipped", "lsq", "broken"] = "none"
+    dead_gradient: Literal["error", "record"] = "error"  # a QAT run whose weights get no gradient: stop or note it
+    dead_gradient_steps: int = 3  # ... after this many steps with zero gradient on every quantized weight
+
+    def __post_init__(self) -> None:
+        _require(2 <= self.bits <= 8, "quant.bits", f"must be in 2..8, got {self.bits}")
+        _require(2 <= self.act_bits <= 8, "quant.act_bits", f"must be in 2..8, got {self.act_bits}")
+        _require(self.group_size >= 0, "quant.group_size", f"must be >= 0 (0 = whole rows), got {self.group_size}")
+        _require(self.group_size == 0 or self.granularity == "channel", "quant.group_size",
+                 "groups split rows: use it with quant.granularity=channel")
+        _require(0 < self.clip_ratio <= 1, "quant.clip_ratio", f"must be in (0, 1], got {self.clip_ratio}")
+        _require(0 <= self.smooth < 1, "quant.smooth", f"must be in [0, 1) (0 = off), got {self.smooth}")
+        _require(self.calib_batches > 0, "quant.calib_batches", f"must be positive, got {self.calib_batches}")
+        _require(self.dead_gradient_steps > 0, "quant.dead_gradient_steps",
+                 f"must be positive, got {self.dead_gradient_steps}")
+        _require(not (self.qat == "lsq" and self.scheme == "asymmetric"), "quant.qat",
+                 "lsq learns a symmetric step size; use quant.scheme=symmetric with it")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -100,10 +100,13 @@ def run_data_dir(run_dir: str | Path, data_dir: str | Path | None = None) -> Pat
 
 
 def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu",
-               overrides: list[str] | None = None) -> tuple[GPT, Tokenizer, RunConfig]:
+               overrides: list[str] | None = None, quant: str = "none") -> tuple[GPT, Tokenizer, RunConfig]:
     """The trained model (in eval mode), its tokenizer and its config, for sampling and evaluation.
 
-    `overrides` may change only how positions are read (`EVAL_TIME_KEYS`, e.g. RoPE scaling), never weights."""
+    `overrides` may change only how positions are read (`EVAL_TIME_KEYS`, e.g. RoPE scaling), never weights.
+    A quantized run (made by `gptlab quantize`) loads with its integer layers, a quantization-aware training run
+    with its fake-quant layers; `quant="int8"` quantizes a float model's linear layers (head included) to int8
+    weights on loading, for faster decoding."""
     from gptlab.config import EVAL_TIME_KEYS, apply_overrides
     from gptlab.errors import ConfigError
 
@@ -121,5 +124,22 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu",
         from gptlab.adapters.lora import apply_lora
 
         apply_lora(model, cfg.lora)
+    quantized = bool(run_info(run_dir).get("quantized"))
+    if quantized:
+        from gptlab.quant import quantized_structure
+
+        quantized_structure(model, cfg.quant)
+    elif cfg.quant.qat != "none":
+        from gptlab.quant import prepare_qat
+
+        prepare_qat(model, cfg.quant)
     load_model_state(model, ckpt.model, f"checkpoint of {run_dir}")
+    if quant != "none":
+        if quantized or cfg.quant.qat != "none" or cfg.lora.r > 0:
+            raise ConfigError(f"--quant {quant} quantizes a plain float model; {run_dir} is already quantized, "
+                              "quantization-aware or an adapter run (merge it first)")
+        from gptlab.config import QuantConfig
+        from gptlab.quant import quantize
+
+        quantize(model, QuantConfig(bits=8, targets="all"))
     return model.to(device).eval(), load_tokenizer(run_dir / "tokenizer"), cfg

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from gptlab.bench.decode import weight_bytes_per_token
 from gptlab.cli import main
@@ -14,11 +15,35 @@ TINY = ["--set", "model.n_layer=2", "--set", "model.n_head=2", "--set", "model.n
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_decode_reads_every_weight_but_the_position_table(tied):
+def test_decode_reads_every_weight_but_the_embedding_tables(tied):
     model = GPT(build_config(overrides=["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.vocab_size=300",
                                         f"model.tie_embeddings={tied}"]).model)
     everything = sum(p.numel() for p in model.parameters())  # a tied matrix is one parameter
-    assert weight_bytes_per_token(model) == 4 * (everything - model.positions.wpe.weight.numel())
+    tables = model.positions.wpe.weight.numel() + (0 if tied else model.wte.weight.numel())  # one row read of each
+    assert weight_bytes_per_token(model) == 4 * (everything - tables)
+
+
+def test_decode_with_int8_weights_reads_a_quarter_of_the_linear_bytes():
+    from gptlab.config import QuantConfig
+    from gptlab.quant import quantize
+
+    model = GPT(build_config(overrides=["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.vocab_size=300",
+                                        "model.bias=false"]).model)
+    linears = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    before = weight_bytes_per_token(model)
+    quantize(model, QuantConfig(bits=8, targets="all"))
+    rows = sum(m.out_features for m in model.modules() if hasattr(m, "qweight"))  # one fp32 scale per row
+    # the head's int8 copy replaces the tied fp32 table in what a token reads
+    assert weight_bytes_per_token(model) == before - 4 * linears + linears + 4 * rows
+
+
+def test_bench_decode_int8_against_fp32_transformers(tmp_path):
+    out = tmp_path / "decode.json"
+    assert main(["bench", "decode", *TINY, "--new-tokens", "8", "--repeats", "1", "--vs", "transformers",
+                 "--quant", "int8", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["quant"] == "int8" and result["int8_kernel"].startswith("fused int8 gemv")
+    assert result["ratio_vs_transformers"] > 0 and 0 <= result["tokens_agreeing"] <= 8
 
 
 def test_bench_decode_against_transformers_on_the_same_weights(tmp_path, capsys):

@@ -24,11 +24,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def weight_bytes_per_token(model: GPT) -> int:
-    """Bytes of parameters a batch-1 decode step reads: all of them but the position table, of which it reads
-    one row; a tied head is one matrix read once (the embedding lookup reads one row of it)."""
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    wpe = getattr(model.positions, "wpe", None)
-    return total - (wpe.weight.numel() * wpe.weight.element_size() if wpe is not None else 0)
+    """Bytes of weights a batch-1 decode step reads: every parameter and integer weight buffer, each once, but
+    the embedding tables, of which it reads one row — unless the token table is also the head (tied, float)."""
+    tensors = {t.data_ptr(): t for t in list(model.parameters()) + list(model.buffers()) if t.numel()}
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    head = getattr(model.lm_head, "weight", None)
+    tables = [getattr(model.positions, "wpe", None)]
+    if head is None or head.data_ptr() != model.wte.weight.data_ptr():
+        tables.append(model.wte)
+    return total - sum(t.weight.numel() * t.weight.element_size() for t in tables if t is not None)
 
 
 def time_gptlab(model: GPT, prompt: list[int], new_tokens: int, repeats: int) -> tuple[float, list[int]]:
@@ -73,7 +77,7 @@ def time_transformers(twin, prompt: list[int], new_tokens: int, repeats: int) ->
 
 
 def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int, new_tokens: int, repeats: int,
-                 dtype: str, vs: str | None, json_out: str | None) -> dict:
+                 dtype: str, vs: str | None, json_out: str | None, quant: str = "none") -> dict:
     cfg = build_config(config_file, list(overrides))
     if prompt_len < 1 or new_tokens < 1:
         raise GptlabError("--prompt-tokens and --new-tokens must both be at least 1")
@@ -85,29 +89,43 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
     bandwidth = read_bandwidth()
     torch.manual_seed(0)
     model = GPT(cfg.model).eval().to(DTYPES[dtype])
+    twin = hf_twin(model) if vs == "transformers" else None  # the float model a user would otherwise run
+    if quant == "int8":
+        from gptlab.config import QuantConfig
+        from gptlab.quant import quantize
+
+        quantize(model, QuantConfig(bits=8, targets="all"))
     prompt = torch.randint(cfg.model.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
     bytes_per_token = weight_bytes_per_token(model)
     bound = bandwidth / bytes_per_token
     seconds, ours_tokens = time_gptlab(model, prompt, new_tokens, repeats)
     ours = new_tokens / seconds
-    result = {"bench": "decode", "threads": threads, "dtype": dtype, "prompt_tokens": prompt_len,
+    result = {"bench": "decode", "threads": threads, "dtype": dtype, "quant": quant, "prompt_tokens": prompt_len,
               "new_tokens": new_tokens, "weight_mb_per_token": bytes_per_token / 1e6,
               "read_bandwidth_gb_s": bandwidth / 1e9, "bandwidth_bound_tokens_per_s": bound,
               "gptlab_tokens_per_s": ours, "gptlab_fraction_of_bound": ours / bound}
     m = cfg.model
     print(f"shape: {m.n_layer} layers, {m.n_head} heads, d {m.n_embd}, vocab {m.vocab_size}; batch 1, "
-          f"prompt {prompt_len}, {new_tokens} new tokens, greedy, {dtype}, {threads} threads, best of {repeats}")
+          f"prompt {prompt_len}, {new_tokens} new tokens, greedy, {dtype}"
+          f"{', int8 weights' if quant == 'int8' else ''}, {threads} threads, best of {repeats}")
     print(f"read bandwidth (same run): {bandwidth / 1e9:6.1f} GB/s; weights read per token "
           f"{bytes_per_token / 1e6:.0f} MB → bound {bound:6.1f} tokens/s")
     print(f"gptlab:        {ours:8.1f} tokens/s   {100 * ours / bound:5.1f} % of the bandwidth bound")
-    if vs == "transformers":
-        seconds, theirs_tokens = time_transformers(hf_twin(model), prompt, new_tokens, repeats)
+    if quant == "int8":
+        from gptlab.quant import kernels
+
+        result["int8_kernel"] = kernels.status
+        print(f"int8 kernel:   {kernels.status}")
+    if twin is not None:
+        seconds, theirs_tokens = time_transformers(twin, prompt, new_tokens, repeats)
         theirs = new_tokens / seconds
         same = ours_tokens == theirs_tokens
         result.update({"transformers_tokens_per_s": theirs, "ratio_vs_transformers": ours / theirs,
                        "same_tokens": same})
-        print(f"transformers:  {theirs:8.1f} tokens/s   gptlab / transformers = {ours / theirs:.2f}×   "
-              f"(same greedy tokens: {'yes' if same else 'no'})")
+        agree = next((i for i, (a, b) in enumerate(zip(ours_tokens, theirs_tokens)) if a != b), len(ours_tokens))
+        result["tokens_agreeing"] = agree
+        print(f"transformers:  {theirs:8.1f} tokens/s ({dtype})   gptlab / transformers = {ours / theirs:.2f}×   "
+              f"(same greedy tokens: {'yes' if same else f'the first {agree}'})")
     print(json.dumps(result))
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")

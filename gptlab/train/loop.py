@@ -79,6 +79,8 @@ def check_resume_changes(saved: RunConfig, wanted: RunConfig) -> None:
                               "start a new run instead")
     if saved.lora != wanted.lora:
         raise CheckpointError("cannot resume with different LoRA settings (lora.*); start a new run instead")
+    if saved.quant != wanted.quant:
+        raise CheckpointError("cannot resume with different quantization settings (quant.*); start a new run instead")
     changed = [k for k, v in to_dict(wanted.train).items() if to_dict(saved.train)[k] != v]
     bad = [k for k in changed if k not in RESUMABLE_CHANGES]
     if bad:
@@ -196,6 +198,15 @@ class Trainer:
             load_model_state(self.model, init_state, "the initial weights")
         if cfg.lora.r > 0:
             apply_lora(self.model, cfg.lora)
+        self.qat_monitor = None
+        if cfg.quant.qat != "none":
+            if cfg.lora.r > 0:
+                raise CheckpointError("quantization-aware training with LoRA adapters is not supported; train one "
+                                      "or the other (quant.qat=none or lora.r=0)")
+            from gptlab.quant.qat import GradientMonitor, prepare_qat
+
+            prepare_qat(self.model, cfg.quant)
+            self.qat_monitor = GradientMonitor(self.model, cfg.quant)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.sampler = BatchSampler(data.train, cfg.train.batch_size, cfg.model.block_size, seed=cfg.train.seed)
         self.step, self.best_val, self.elapsed = 0, math.inf, 0.0
@@ -264,6 +275,13 @@ class Trainer:
         out = {"max_attn_logit": max((m.max_logit for m in attention), default=0.0),
                "max_output_logit": float(logits.abs().max())}
         self.peaks = {k: max(self.peaks[k], v) for k, v in out.items()}
+        if self.qat_monitor is not None:  # gradient flow through the fake-quant, vs the float twin
+            from gptlab.quant.qat import gradient_ratio
+
+            y = torch.from_numpy(self.data.val[1: self.cfg.model.block_size + 1].astype("int64"))[None]
+            with self.qat_monitor.paused():
+                out["qat_grad_ratio"] = gradient_ratio(self.model, x, y.to(x.device))
+            out["qat_clipped_frac"] = self.qat_monitor.clipped_fraction()
         return out
 
     def _nonfinite(self, error: "NonFiniteStep") -> None:
@@ -299,6 +317,12 @@ class Trainer:
             self._nonfinite(e)
             return None
         self.step += 1
+        if self.qat_monitor is not None:
+            self.last_qat = self.qat_monitor.end_step(self.step)
+            if self.qat_monitor.detected_at == self.step:
+                self.counts["dead_gradient_step"] = self.step
+                self.metrics.log({"step": self.step, "event": "dead_gradient",
+                                  "reason": "no gradient reached the quantized weights"})
         return loss, lr, grad_norm
 
     # -- the loop ---------------------------------------------------------------------------------------------
@@ -333,7 +357,8 @@ class Trainer:
                     tps = window_steps * tokens_per_step / dt if dt > 0 else 0.0
                     self.metrics.log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                                       "tokens_per_s": tps, "elapsed": self.elapsed,
-                                      **(self.probe() if self.dist.main else {})})
+                                      **(self.probe() if self.dist.main else {}),
+                                      **(self.last_qat if self.qat_monitor is not None else {})})
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
                     window_start, window_steps = time.perf_counter(), 0
                 is_last = self.step == cfg.max_steps

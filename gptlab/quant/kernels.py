@@ -1,0 +1,61 @@
+"""The int8 weight-only matrix-vector product used when decoding one token at a time.
+
+Decoding reads every weight once per token, so its speed is set by bytes read: int8 weights read a quarter of
+fp32's. Library int8 kernels (`torch._weight_int8pack_mm`, torchao's weight-only int8) are slower than fp32 on
+2-core AVX-512 CPUs; a dequantize-multiply-sum over the int8 rows fused by `torch.compile` into one loop is about
+2× faster than fp32 `F.linear` (see `gptlab bench decode --quant int8`). For more than a few rows (a prompt,
+evaluation) the weights are dequantized and multiplied with a normal matmul instead.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MAX_GEMV_ROWS = 4  # above this many rows a dequantized matmul is faster than the fused row loop
+
+_compiled = None
+status = "not used yet"  # which kernel ran: reported by the decode benchmark
+
+
+def _gemv(x: Tensor, w: Tensor, scale: Tensor) -> Tensor:
+    return (x.unsqueeze(-2) * w.to(x.dtype)).sum(-1) * scale.to(x.dtype)
+
+
+def _dequant_matmul(x: Tensor, w: Tensor, scale: Tensor) -> Tensor:
+    return x @ (w.to(x.dtype) * scale.to(x.dtype)[:, None]).t()
+
+
+_compiled_matmul = None
+
+
+def int8_linear(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+    """x (..., in) @ (w (out, in) int8 · scale (out,)).T + bias."""
+    global _compiled, _compiled_matmul, status
+    rows = x.numel() // x.shape[-1]
+    if rows > MAX_GEMV_ROWS and x.device.type == "cpu" and _compiled is not False and not torch.is_grad_enabled():
+        if _compiled_matmul is None:  # a prompt: dequantizing in eager mode would take longer than the matmul
+            _compiled_matmul = torch.compile(_dequant_matmul, dynamic=True)
+        try:
+            y = _compiled_matmul(x.reshape(rows, x.shape[-1]), w, scale).reshape(*x.shape[:-1], w.shape[0])
+            return y + bias.to(y.dtype) if bias is not None else y
+        except Exception:
+            _compiled = False
+    if rows <= MAX_GEMV_ROWS and x.device.type == "cpu" and _compiled is not False:
+        if _compiled is None:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            _compiled = torch.compile(_gemv, dynamic=False)
+        try:
+            y = _compiled(x.reshape(rows, x.shape[-1]), w, scale).reshape(*x.shape[:-1], w.shape[0])
+            status = "fused int8 gemv (torch.compile)"
+            return y + bias.to(y.dtype) if bias is not None else y
+        except Exception as e:  # no C++ compiler, say: the result is the same, only slower
+            _compiled = False
+            status = f"dequantize + matmul (torch.compile failed: {type(e).__name__})"
+            warnings.warn(f"the fused int8 kernel could not be compiled ({type(e).__name__}: {e}); int8 decoding "
+                          "falls back to dequantize + matmul, which is slower than fp32", stacklevel=2)
+    weight = w.to(x.dtype) * scale.to(x.dtype)[:, None]
+    return F.linear(x, weight, bias.to(x.dtype) if bias is not None else None)

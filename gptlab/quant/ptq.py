@@ -1,0 +1,124 @@
+"""Post-training quantization as a model transform: `quantize(model, QuantConfig, only=...)`.
+
+Each selected `nn.Linear` is replaced by a `QuantLinear` holding integer weights. Which layers is a filter over
+(name, module), never a special case in the model: by default the blocks' four linear layers, with
+`targets=all` the output head too (a tied head gets its own integer copy; the embedding table stays float).
+
+Static activation scales and SmoothQuant need activation statistics: the per-input-channel largest |x| seen by
+each layer over a few calibration batches. SmoothQuant (Xiao et al.) divides each input channel j by
+s_j = max|X_j|^α / max|W_·j|^(1-α) and multiplies the weight's column j by s_j: the product is unchanged, and
+the activation outliers move into the weights, which quantize per output channel and tolerate them better.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from gptlab.config import QuantConfig
+from gptlab.errors import ConfigError
+from gptlab.quant.fake import QuantSpec
+from gptlab.quant.linear import QuantLinear
+
+LayerFilter = Callable[[str, nn.Module], bool]
+BLOCK_LINEAR = re.compile(r"^h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)$")
+
+
+def weight_spec(cfg: QuantConfig) -> QuantSpec:
+    return QuantSpec(cfg.bits, cfg.scheme == "symmetric", cfg.granularity, cfg.group_size, cfg.clip_ratio)
+
+
+def target_filter(cfg: QuantConfig) -> LayerFilter:
+    """The layers `cfg.targets` names: the blocks' linear layers, and the head with targets=all."""
+    def chosen(name: str, module: nn.Module) -> bool:
+        return bool(BLOCK_LINEAR.match(name)) or (cfg.targets == "all" and name == "lm_head")
+    return chosen
+
+
+def float_linears(model: nn.Module, only: LayerFilter) -> dict[str, nn.Linear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and only(name, m)}
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+@torch.no_grad()
+def activation_absmax(model: nn.Module, layers: dict[str, nn.Module], batches: Iterable[Tensor]) -> dict[str, Tensor]:
+    """Per-input-channel max |x| entering each layer over the calibration batches (the model in eval mode)."""
+    stats: dict[str, Tensor] = {}
+
+    def hook(name):
+        def record(module, args):
+            a = args[0].detach().abs().float().reshape(-1, args[0].shape[-1]).amax(0)
+            stats[name] = torch.maximum(stats[name], a) if name in stats else a
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return stats
+
+
+def smoothing_factors(act_absmax: Tensor, weight: Tensor, alpha: float) -> Tensor:
+    w = weight.detach().abs().float().amax(0).clamp_min(1e-5)
+    a = act_absmax.clamp_min(1e-5)
+    return (a.pow(alpha) / w.pow(1 - alpha)).clamp_min(1e-5)
+
+
+def quantize(model: nn.Module, cfg: QuantConfig, only: LayerFilter | None = None,
+             calibration: Iterable[Tensor] | None = None) -> nn.Module:
+    """Replace the chosen linear layers by integer ones (in place); returns the model.
+
+    `calibration` (batches of token ids) is needed for static activation scales and for smoothing.
+    """
+    only = only or target_filter(cfg)
+    layers = float_linears(model, only)
+    if not layers:
+        raise ConfigError("no linear layer matches the quantization filter; check quant.targets")
+    needs_stats = cfg.activations == "static" or cfg.smooth > 0
+    if needs_stats and calibration is None:
+        raise ConfigError("quant.activations=static and quant.smooth need calibration batches (the run's data)")
+    stats = activation_absmax(model, layers, calibration) if needs_stats else {}
+    spec = weight_spec(cfg)
+    for name, linear in layers.items():
+        smooth = smoothing_factors(stats[name], linear.weight, cfg.smooth) if cfg.smooth > 0 else None
+        act_scale = None
+        if cfg.activations == "static":
+            a = stats[name] / smooth if smooth is not None else stats[name]
+            act_scale = (a.max() / (2 ** (cfg.act_bits - 1) - 1)).clamp_min(1e-12)
+        replace_module(model, name, QuantLinear.from_float(linear, spec, cfg.activations, cfg.act_bits, smooth,
+                                                           act_scale, name))
+    return model
+
+
+def quantized_structure(model: nn.Module, cfg: QuantConfig) -> nn.Module:
+    """The layers `quantize` would make, empty, for loading a saved quantized model's state into."""
+    spec = weight_spec(cfg)
+    for name, linear in float_linears(model, target_filter(cfg)).items():
+        q = QuantLinear(linear.in_features, linear.out_features, linear.bias is not None, spec, cfg.activations,
+                        cfg.act_bits, cfg.smooth > 0, name)
+        replace_module(model, name, q.to(linear.weight.device))
+    return model
+
+
+def quantized_layers(model: nn.Module) -> dict[str, QuantLinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of the model's state as saved (each shared tensor once)."""
+    from gptlab.train.checkpoint import model_state
+
+    return sum(t.numel() * t.element_size() for t in model_state(model).values())

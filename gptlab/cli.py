@@ -267,7 +267,7 @@ def cmd_lab(args: argparse.Namespace) -> None:
     if args.action == "list":
         for lesson in lessons().values():
             grids = lesson.profiles()
-            sizes = ", ".join(f"{name}: {len(g.conditions) * len(g.variants) * len(g.seeds)} cells"
+            sizes = ", ".join(f"{name}: {g.size} cells"
                               for name, g in grids.items())
             print(f"{lesson.name:<12} {lesson.title} ({sizes})")
             print(f"{'':<12} {lesson.question}")

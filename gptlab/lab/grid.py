@@ -54,9 +54,18 @@ class Grid:
     variants: tuple[Variant, ...]
     seeds: tuple[int, ...]
     base: Mapping[str, Any] = field(default_factory=dict)  # budget and shared settings
+    exclude: tuple[tuple[str, str], ...] = ()  # (condition, variant) pairs that do not apply
 
     def with_seeds(self, n: int) -> "Grid":
-        return Grid(self.conditions, self.variants, tuple(range(n)), self.base)
+        return Grid(self.conditions, self.variants, tuple(range(n)), self.base, self.exclude)
+
+    def applies(self, condition: Condition, variant: Variant) -> bool:
+        return (condition.name, variant.name) not in self.exclude
+
+    @property
+    def size(self) -> int:
+        pairs = sum(self.applies(c, v) for c in self.conditions for v in self.variants)
+        return pairs * len(self.seeds)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -65,6 +74,7 @@ class Grid:
             "variants": [{"name": v.name, "label": v.label, "overrides": dict(v.overrides)} for v in self.variants],
             "seeds": list(self.seeds),
             "base": dict(self.base),
+            "exclude": [list(pair) for pair in self.exclude],
         }
 
 

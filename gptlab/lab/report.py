@@ -84,7 +84,10 @@ def plot_curves(results: Results, lesson: Lesson, path: Path) -> None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    for ax in axes.flat:  # the first panel with curves carries the legend
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+            break
     fig.suptitle(f"{lesson.title}: {lesson.metric_label} during training (mean, 95 % CI band over seeds)", fontsize=11)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png"))

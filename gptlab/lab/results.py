@@ -97,7 +97,8 @@ class Results:
 
     def missing(self) -> int:
         grid = self.meta.get("grid", {})
-        planned = len(grid.get("conditions", [])) * len(grid.get("variants", [])) * len(grid.get("seeds", []))
+        pairs = len(grid.get("conditions", [])) * len(grid.get("variants", [])) - len(grid.get("exclude", []))
+        planned = pairs * len(grid.get("seeds", []))
         return max(0, planned - len(self.cells))
 
 

@@ -45,6 +45,8 @@ def plan_cells(lesson: Lesson, grid: Grid, data_dirs: dict[str, Path], extra: li
     for condition in grid.conditions:
         vocab = json.loads((data_dirs[condition.dataset.key] / "meta.json").read_text())["vocab_size"]
         for variant in grid.variants:
+            if not grid.applies(condition, variant):
+                continue
             for seed in grid.seeds:
                 cfg = cell_config(grid, condition, variant, seed, extra, vocab_size=vocab)
                 cfg = lesson.configure(cfg, condition, variant)

@@ -1,0 +1,335 @@
+"""Lesson 4: quantization — what survives fewer bits, where it breaks, and what quantization-aware training buys.
+
+One float model per seed is trained on Shakespeare (char level). Post-training quantization (PTQ) cells quantize
+it: weights at 8/6/4/3 bits per tensor, per channel and per group of 32, and, with per-channel weights, int8
+activations per tensor, per token, and per token after SmoothQuant. Quantization-aware training (QAT) cells
+(4 and 3 bits) continue training the same model for a short budget with fake-quant and a straight-through
+estimator (plain, clipped, learned step size), against the fair baseline of float training for the same
+steps followed by PTQ; a deliberately broken STE shows the silent failure and that the alarm catches it.
+Every cell's number is the val loss of the quantized model on the same validation windows.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gptlab.config import build_config
+from gptlab.data import TokenData
+from gptlab.evaluate import evaluate
+from gptlab.lab import stats
+from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant, as_overrides
+from gptlab.lab.lesson import Lesson
+from gptlab.quant import convert_qat, quantize, state_bytes
+from gptlab.quant.inspect import as_records, inspect_model
+from gptlab.quant.workflow import calibration_batches
+from gptlab.run import is_run, load_model
+from gptlab.train.checkpoint import model_state
+from gptlab.train.loop import Trainer, resume as resume_run, train
+
+BITS = (8, 6, 4, 3)
+QAT_BITS = (4, 3)
+QAT_CLIP = 0.9  # QAT arms clip the top 10 % of each row's range, so clipped and plain STE can differ
+PTQ = (Variant("tensor", {"quant.granularity": "tensor"}, "weights per tensor"),
+       Variant("channel", {}, "weights per output channel (the PTQ baseline)"),
+       Variant("group32", {"quant.group_size": 32}, "weights per group of 32 inputs"),
+       Variant("act-tensor", {"quant.activations": "tensor"}, "+ int8 activations, one dynamic scale per tensor"),
+       Variant("act-token", {"quant.activations": "token"}, "+ int8 activations, one dynamic scale per token"),
+       Variant("act-token-smooth", {"quant.activations": "token", "quant.smooth": 0.5},
+               "+ int8 activations per token after SmoothQuant (α = 0.5)"))
+QAT = (Variant("float-ft", {}, "float training for the QAT budget, then PTQ per channel (the fair baseline)"),
+       Variant("qat-ste", {"quant.qat": "ste", "quant.clip_ratio": QAT_CLIP}, "QAT, plain STE"),
+       Variant("qat-clipped", {"quant.qat": "clipped", "quant.clip_ratio": QAT_CLIP}, "QAT, clipped STE"),
+       Variant("qat-lsq", {"quant.qat": "lsq", "quant.clip_ratio": QAT_CLIP}, "QAT, learned step size (LSQ)"),
+       Variant("qat-broken", {"quant.qat": "broken", "quant.clip_ratio": QAT_CLIP, "quant.dead_gradient": "record"},
+               "QAT with the gradient through round() left at zero (a deliberate bug)"))
+WEIGHT_ONLY = ("tensor", "channel", "group32")
+
+
+class Profile:
+    def __init__(self, model: dict, base_train: dict, finetune: dict, seeds: int, eval_windows: int,
+                 calib_batches: int):
+        self.model, self.base_train, self.finetune = model, base_train, finetune
+        self.seeds, self.eval_windows, self.calib_batches = seeds, eval_windows, calib_batches
+
+
+PROFILES = {
+    "quick": Profile(model={"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32},
+                     base_train={"train.max_steps": 40, "train.batch_size": 8, "train.lr": 3e-3,
+                                 "train.warmup_steps": 5, "train.eval_every": 20, "train.eval_batches": 4},
+                     finetune={"train.max_steps": 8, "train.batch_size": 8, "train.lr": 1e-3, "train.min_lr": 1e-4,
+                               "train.warmup_steps": 2, "train.eval_every": 4, "train.eval_batches": 4,
+                               "train.checkpoint_every": 4, "train.log_every": 2},
+                     seeds=2, eval_windows=8, calib_batches=2),
+    "full": Profile(model={"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128, "model.block_size": 64},
+                    base_train={"train.max_steps": 1000, "train.batch_size": 32, "train.lr": 3e-3,
+                                "train.min_lr": 3e-4, "train.warmup_steps": 100, "train.eval_every": 250,
+                                "train.eval_batches": 20},
+                    finetune={"train.max_steps": 200, "train.batch_size": 32, "train.lr": 1e-3, "train.min_lr": 1e-4,
+                              "train.warmup_steps": 10, "train.eval_every": 25, "train.eval_batches": 20,
+                              "train.checkpoint_every": 50, "train.log_every": 10},
+                    seeds=5, eval_windows=256, calib_batches=8),
+}
+
+
+def profile_of(lesson: "QuantizationLesson", grid: Grid) -> Profile:
+    return next(p for name, p in PROFILES.items() if dict(lesson.profiles()[name].base) == dict(grid.base))
+
+
+class QuantizationLesson(Lesson):
+    name = "quantization"
+    title = "quantization: PTQ and QAT, weights and activations"
+    question = ("How many bits can a small GPT's weights lose after training, and does it matter how scales are "
+                "shared (per tensor, per channel, per group)? Do int8 activations survive, per tensor or per token, "
+                "and does SmoothQuant help? At 4 and 3 bits, does quantization-aware training beat float training "
+                "for the same steps followed by PTQ, and which straight-through estimator works best? A broken "
+                "estimator (no gradient through round) shows how QAT fails silently, and the alarm that catches it.")
+    metric_label = "val loss (quantized)"
+    table_metrics = (("loss_increase", "Δ loss vs float", "{:+.4f}"), ("ppl_increase", "Δ perplexity", "{:+.3f}"),
+                     ("bytes", "state bytes", "{:,.0f}"), ("spikes", "spikes", "{:.1f}"))
+
+    def profiles(self) -> dict[str, Grid]:
+        grids = {}
+        for name, p in PROFILES.items():
+            text = Dataset("shakespeare", "char")
+            conditions = tuple(Condition(f"w{b}", text, {"quant.bits": b}, f"{b}-bit weights") for b in BITS)
+            exclude = tuple((f"w{b}", v.name) for b in BITS if b not in QAT_BITS for v in QAT)
+            base = {**p.model, **p.finetune, "quant.calib_batches": p.calib_batches}
+            grids[name] = Grid(conditions, PTQ + QAT, tuple(range(p.seeds)), base, exclude)
+        return grids
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        return [("channel", "tensor"), ("channel", "group32"), ("channel", "act-tensor"), ("channel", "act-token"),
+                ("act-token", "act-token-smooth"), ("float-ft", "qat-ste"), ("float-ft", "qat-clipped"),
+                ("float-ft", "qat-lsq"), ("qat-ste", "qat-clipped"), ("qat-ste", "qat-lsq"), ("qat-ste", "qat-broken")]
+
+    # -- shared artifacts: one trained float model per seed ----------------------------------------------------
+    def prepare_data(self, workdir: Path, grid: Grid) -> dict[str, Path]:
+        dirs = super().prepare_data(workdir, grid)
+        profile = profile_of(self, grid)
+        data_dir = next(iter(dirs.values()))
+        for seed in grid.seeds:
+            base = workdir / "base" / f"seed{seed}"
+            cfg = build_config(overrides=as_overrides({**profile.model, **profile.base_train, "train.seed": seed}))
+            last = base / "checkpoints" / "last.json"
+            if is_run(base) and not last.is_file():  # killed before its first checkpoint
+                shutil.rmtree(base)
+            if not is_run(base):
+                print(f"training the float model for seed {seed} into {base} ...", flush=True)
+                train(data_dir, base, cfg)
+            elif json.loads(last.read_text())["step"] < cfg.train.max_steps:
+                resume_run(base)
+        return dirs
+
+    # -- one cell ----------------------------------------------------------------------------------------------
+    def run_cell(self, cell: Cell, cell_dir: Path, data: TokenData, resume: bool, workdir: Path) -> dict[str, Any]:
+        cfg = cell.config
+        profile = PROFILES[json.loads((workdir / "lesson.json").read_text())["profile"]]
+        float_model, _, _ = load_model(workdir / "base" / f"seed{cell.seed}", "best")
+        length = cfg.model.block_size
+
+        def loss_of(model) -> float:
+            return evaluate(model, data.val, length, max_windows=profile.eval_windows).loss
+
+        float_loss = loss_of(float_model)
+        out: dict[str, Any] = {"float_loss": float_loss, "bits": cfg.quant.bits}
+        calibration = calibration_batches(data, cfg, seed=cell.seed)
+        if cell.variant.name in {v.name for v in QAT}:
+            trainer = Trainer(cell_dir, cfg, data, resume=resume, progress=False, quiet=True,
+                              init_state=None if resume else model_state(float_model),
+                              info={"init_from": str(workdir / "base" / f"seed{cell.seed}")})
+            out.update(trainer.run())
+            model = trainer.model.eval()
+            if cfg.quant.qat == "none":  # the float baseline: PTQ after the same extra training
+                out["trained_float_loss"] = loss_of(model)
+                quantize(model, cfg.quant, calibration=calibration)
+            else:
+                convert_qat(model)
+        else:
+            model = quantize(copy.deepcopy(float_model), cfg.quant, calibration=calibration)
+            if cell.variant.name == "channel":  # where the damage comes from, layer by layer
+                layers = inspect_model(float_model, cfg.quant, calibration, data.val, length,
+                                       max_windows=max(4, profile.eval_windows // 4))
+                out["layers"] = as_records(layers)
+        loss = loss_of(model)
+        out.update({"val_loss": loss, "loss_increase": loss - float_loss,
+                    "ppl_increase": math.exp(loss) - math.exp(float_loss), "bytes": state_bytes(model),
+                    "float_bytes": state_bytes(float_model)})
+        return out
+
+    # -- the report --------------------------------------------------------------------------------------------
+    def discussion(self, results) -> list[str]:
+        text = []
+        rows = {v: [stats.summarize(results.values(f"w{b}", v, "loss_increase")).mean for b in BITS]
+                for v in WEIGHT_ONLY}
+        if all(not any(math.isnan(x) for x in r) for r in rows.values()):
+            text.append("Loss increase over the float model, weights only (8 / 6 / 4 / 3 bits): " + "; ".join(
+                f"{v}: " + " / ".join(f"{x:+.3f}" for x in r) for v, r in rows.items()) + ".")
+        broken = [c.summary.get("dead_gradient_step") for c in results.cells if c.variant == "qat-broken"]
+        if broken:
+            found = [s for s in broken if s is not None]
+            text.append(f"The broken estimator: the alarm fired in {len(found)} of {len(broken)} runs, at step "
+                        f"{min(found) if found else '—'}–{max(found) if found else '—'} (it needs "
+                        "quant.dead_gradient_steps silent steps); with quant.dead_gradient=error (the default) the "
+                        "run stops there with a one-line error instead of training on.")
+        return text
+
+    def extra_blocks(self, results, directory: Path) -> list:
+        from gptlab.lab.report import Block
+
+        blocks = []
+        if plot_bits(results, directory / "loss_vs_bits.png"):
+            blocks += [Block("h2", "Loss against bits"),
+                       Block("img", "loss_vs_bits.png", items=["val loss increase over the float model per method"])]
+        size_rows = [["format", "state bytes (mean)", "vs float"]]
+        for b in BITS:
+            for v in WEIGHT_ONLY:
+                sizes = results.values(f"w{b}", v, "bytes")
+                floats = results.values(f"w{b}", v, "float_bytes")
+                if sizes:
+                    size_rows.append([f"int{b} {v}", f"{np.mean(sizes):,.0f}", f"{np.mean(sizes) / np.mean(floats):.0%}"])
+        if len(size_rows) > 1:
+            blocks += [Block("h2", "Model size per format"),
+                       Block("p", "Bytes of the saved state (embeddings stay float; 2-4-bit codes are packed two per "
+                                  "byte, 5-8-bit codes take a byte; one float32 scale per row or group). Decode speed "
+                                  "per format for the GPT-2 124M shape comes from `gptlab bench decode [--quant int8] "
+                                  "[--dtype bfloat16]`; at this lesson's model size per-token overhead, not bytes, "
+                                  "sets the speed."),
+                       Block("table", items=size_rows)]
+        layer_blocks = layer_report(results, directory)
+        blocks += layer_blocks
+        if plot_gradient_flow(results, directory / "gradient_flow.png"):
+            blocks += [Block("h2", "Gradient flow during QAT"),
+                       Block("p", "Left: ‖∇W‖ through fake-quant ÷ ‖∇W‖ of the float twin on a fixed window (1 = the "
+                                  "estimator passes the float gradient; 0 = nothing reaches the weights). Middle: "
+                                  "share of weight gradients exactly zero in each step. Right: share of weights outside "
+                                  "the quantization range (their gradient is zero under clipped STE and LSQ)."),
+                       Block("img", "gradient_flow.png", items=["gradient flow through the straight-through "
+                                                                "estimators"])]
+        return blocks
+
+
+def layer_report(results, directory: Path) -> list:
+    from gptlab.lab.report import Block
+
+    per_bits = {}
+    for b in BITS:
+        cells = [c for c in results.arm(f"w{b}", "channel") if c.summary.get("layers")]
+        if cells:
+            names = [r["name"] for r in cells[0].summary["layers"]]
+            per_bits[b] = {n: float(np.mean([next(r for r in c.summary["layers"] if r["name"] == n)["sensitivity"]
+                                              for c in cells])) for n in names}
+    if not per_bits:
+        return []
+    first = next(c for c in results.arm(f"w{BITS[0]}", "channel") if c.summary.get("layers"))
+    rows = [["layer", "max|w|/median|w|", "w kurtosis", "max|x| / median channel", "outlier channels", "x kurtosis"]]
+    for r in first.summary["layers"]:
+        rows.append([r["name"], f"{r['weight_max'] / max(r['weight_median'], 1e-12):.1f}", f"{r['weight_kurtosis']:.1f}",
+                     f"{r['act_ratio']:.1f}", str(r["act_outlier_channels"]), f"{r['act_kurtosis']:.1f}"])
+    plot_sensitivity(per_bits, directory / "sensitivity.png")
+    return [Block("h2", "Outliers per layer"),
+            Block("p", f"Seed {first.seed}'s float model, activations over the calibration batches: the largest "
+                       "|x| entering each layer against the median channel's largest, the number of channels above 6× "
+                       "that median, and kurtosis (3 for a Gaussian)."),
+            Block("table", items=rows),
+            Block("h2", "Sensitivity map"),
+            Block("p", "Val loss increase when only one layer is quantized (per channel, at each bit width; mean over "
+                       "seeds)."),
+            Block("img", "sensitivity.png", items=["per-layer sensitivity"])]
+
+
+def plot_bits(results, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    from gptlab.io import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    drawn = False
+    for variant in [v.name for v in PTQ + QAT]:
+        xs, means, errs = [], [], []
+        for b in BITS:
+            s = stats.summarize(results.values(f"w{b}", variant, "loss_increase"))
+            if s.n:
+                xs.append(b)
+                means.append(s.mean)
+                errs.append(0 if math.isnan(s.ci_low) else s.half_width)
+        if xs:
+            drawn = True
+            ax.errorbar(xs, means, yerr=errs, fmt="o-", capsize=3, lw=1.2, ms=4, label=variant)
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_xlabel("weight bits")
+    ax.set_xticks(BITS)
+    ax.invert_xaxis()
+    ax.set_ylabel("val loss increase over float (symlog)")
+    ax.set_title("Quantization damage by bit width (mean, 95 % CI over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return True
+
+
+def plot_sensitivity(per_bits: dict[int, dict[str, float]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from gptlab.io import atomic_write
+
+    bits = sorted(per_bits, reverse=True)
+    names = list(per_bits[bits[0]])
+    grid = np.array([[per_bits[b][n] for n in names] for b in bits])
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names)), 2.8), dpi=110)
+    im = ax.imshow(grid, aspect="auto", cmap="magma_r")
+    ax.set_yticks(range(len(bits)), [f"int{b}" for b in bits])
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    fig.colorbar(im, ax=ax, label="Δ val loss")
+    ax.set_title("Val loss increase when only this layer is quantized", fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def plot_gradient_flow(results, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    from gptlab.io import atomic_write
+    from gptlab.train.metrics import read_metrics
+
+    keys = ("qat_grad_ratio", "qat_zero_grad_frac", "qat_clipped_frac")
+    conditions = [f"w{b}" for b in QAT_BITS if any(c.condition == f"w{b}" and c.variant.startswith("qat-")
+                                                  for c in results.cells)]
+    if not conditions:
+        return False
+    fig, axes = plt.subplots(len(conditions), 3, figsize=(13, 3.2 * len(conditions)), dpi=110, squeeze=False)
+    for row, condition in zip(axes, conditions):
+        for variant in ("qat-ste", "qat-clipped", "qat-lsq", "qat-broken"):
+            series = []
+            for c in results.arm(condition, variant):
+                path_ = results.directory / "cells" / condition / variant / f"seed{c.seed}" / "metrics.jsonl"
+                series.append({r["step"]: r for r in read_metrics(path_) if "qat_grad_ratio" in r})
+            if not series:
+                continue
+            steps = sorted(set.intersection(*(set(s) for s in series)))
+            for ax, key in zip(row, keys):
+                values = np.array([[s[t][key] for t in steps] for s in series], dtype=float)
+                ax.plot(steps, values.mean(0), label=variant, lw=1.4)
+                if len(series) > 1:
+                    ax.fill_between(steps, values.min(0), values.max(0), alpha=0.15, lw=0)
+        for ax, key in zip(row, keys):
+            ax.set_title(f"{condition}: {key}", fontsize=9)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+    return True

@@ -1,0 +1,25 @@
+"""Lesson 4 (quantization): the quick profile end to end: PTQ cells, QAT cells, the broken STE caught."""
+
+from gptlab.cli import main
+from gptlab.lab.lessons.quantization import BITS, PTQ, QAT, QAT_BITS
+from gptlab.lab.results import load_results
+
+
+def test_quick_quantization_lesson(tmp_path):
+    out = tmp_path / "quantization"
+    assert main(["lab", "run", "quantization", "--profile", "quick", "--out", str(out)]) == 0
+    results = load_results(out)
+    assert len(results.cells) == 2 * (len(BITS) * len(PTQ) + len(QAT_BITS) * len(QAT))
+    assert results.missing() == 0
+    by = {(c.condition, c.variant, c.seed): c.summary for c in results.cells}
+    for seed in (0, 1):  # fewer bits never beat more bits by much, and 8 bits is nearly free
+        assert abs(by[("w8", "channel", seed)]["loss_increase"]) < 0.01
+        assert by[("w3", "channel", seed)]["bytes"] < by[("w8", "channel", seed)]["bytes"]
+        assert by[("w4", "qat-broken", seed)]["dead_gradient_step"] == 3  # the alarm fired
+        assert "dead_gradient_step" not in by[("w4", "qat-lsq", seed)]
+        assert len(by[("w4", "channel", seed)]["layers"]) == 4  # one quick layer: four linear layers
+    md = (out / "report.md").read_text()
+    for section in ("## Loss against bits", "## Model size per format", "## Sensitivity map",
+                    "## Gradient flow during QAT", "qat-ste → qat-broken"):
+        assert section in md
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 5

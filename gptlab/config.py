@@ -49,6 +49,9 @@ class ModelConfig:
     qk_norm: bool = False  # RMS-normalise each head's queries and keys (learned gain) before attention
     logit_softcap: float = 0.0  # > 0: output logits = cap · tanh(logits / cap)
     init: Literal["gpt2", "plain"] = "gpt2"  # plain: N(0, 0.02) everywhere, no 1/sqrt(2·n_layer) on c_proj
+    # sdpa: PyTorch's fused scaled_dot_product_attention; manual: softmax(QKᵀ/√d + mask)·V spelled out, the
+    # textbook path (same result, more memory and time: lesson 6 measures the difference)
+    attention: Literal["sdpa", "manual"] = "sdpa"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size"):
@@ -96,6 +99,8 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 1337
     dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 = autocast; weights stay fp32
+    compile: bool = False  # torch.compile the model for the training steps (the saved weights are the same)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, more time
     threads: int = 0  # 0 = one per core
     device: Literal["cpu", "cuda"] = "cpu"
     tensorboard: bool = False

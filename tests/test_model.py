@@ -112,3 +112,30 @@ def test_dropout_is_active_in_training_only():
     assert not torch.equal(m(idx), m(idx))
     m.eval()
     assert torch.equal(m(idx), m(idx))
+
+
+@pytest.mark.parametrize("positions", SCHEMES)
+def test_manual_attention_path_equals_the_fused_one_with_and_without_cache(positions):
+    fused, manual = small(positions), small(positions, attention="manual")
+    manual.load_state_dict(fused.state_dict())
+    idx = torch.randint(0, 53, (2, 30))
+    with torch.no_grad():
+        assert torch.allclose(manual(idx), fused(idx), atol=1e-5)
+        cache = manual.new_cache(2, 30)
+        steps = [manual(idx[:, :20], cache=cache)] + [manual(idx[:, t: t + 1], cache=cache) for t in range(20, 30)]
+    assert torch.allclose(torch.cat(steps, 1), fused(idx), atol=1e-5)
+
+
+def test_activation_checkpointing_keeps_gradients_and_holds_less():
+    import copy
+
+    from gptlab.train.efficiency import checkpoint_blocks, saved_bytes
+
+    model = small().train()
+    checkpointed = checkpoint_blocks(copy.deepcopy(model))
+    idx = torch.randint(0, 53, (2, 40))
+    assert saved_bytes(lambda: checkpointed(idx).sum()) < saved_bytes(lambda: model(idx).sum()) / 2
+    model(idx).logsumexp(-1).sum().backward()
+    checkpointed(idx).logsumexp(-1).sum().backward()
+    for a, b in zip(model.parameters(), checkpointed.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6)

@@ -19,6 +19,17 @@ def causal_mask(q_pos: Tensor, k_pos: Tensor, bias: Tensor | None, dtype: torch.
     return bias.to(dtype).masked_fill(~visible, float("-inf"))
 
 
+def manual_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout: float, training: bool) -> Tensor:
+    """softmax(q·kᵀ/√d + mask)·v with the (T, T) score matrix materialised: what the fused kernel avoids."""
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    else:
+        scores = scores + mask
+    weights = F.dropout(torch.softmax(scores.float(), dim=-1).to(q.dtype), dropout, training)
+    return weights @ v
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -29,6 +40,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.q_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.manual = cfg.attention == "manual"
         self.record_max_logit = False  # a probe: when set, forward also stores the largest attention score
         self.max_logit: float | None = None
 
@@ -51,7 +63,9 @@ class CausalSelfAttention(nn.Module):
                 visible = k_pos[None, :] <= positions[:, None]
                 self.max_logit = float(scores.masked_fill(~visible, float("-inf")).max())
         p = self.dropout if self.training else 0.0
-        if bias is None and k.shape[2] == T:  # a whole sequence: the fused causal kernel
+        if self.manual:
+            y = manual_attention(q, k, v, causal_mask(positions, k_pos, bias, q.dtype), p, self.training)
+        elif bias is None and k.shape[2] == T:  # a whole sequence: the fused causal kernel
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         elif bias is None and T == 1:  # one new token sees every cached key
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)

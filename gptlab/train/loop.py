@@ -219,7 +219,13 @@ class Trainer:
         elif self.dist.main:
             create_run(self.run_dir, cfg, data, info)
         self.dist.barrier()
+        if cfg.train.activation_checkpointing:
+            from gptlab.train.efficiency import checkpoint_blocks
+
+            checkpoint_blocks(self.model)
         self.parallel_model = self.dist.wrap(self.model)  # the model the optimizer step runs through
+        if cfg.train.compile:  # checkpoints keep saving self.model, the plain module
+            self.parallel_model = torch.compile(self.parallel_model)
         tb = self.run_dir / "tensorboard" if cfg.train.tensorboard else None
         self.metrics = (MetricsLog(self.run_dir / "metrics.jsonl", self.step if resume else None, tb)
                         if self.dist.main else NullMetrics())

@@ -180,7 +180,7 @@ def test_a_new_lesson_plugs_into_the_runner(tmp_path):
 
 def test_bad_lab_input_is_one_line(tmp_path, capsys):
     assert main(["lab", "run", "nope", "--out", str(tmp_path / "x")]) == 2
-    assert "unknown lesson 'nope'; lessons: lora-rank, positions, quantization, stability, tying" in capsys.readouterr().err
+    assert "unknown lesson 'nope'; lessons: efficiency, lora-rank, positions, quantization, stability, tying" in capsys.readouterr().err
     assert main(["lab", "run", "tying", "--profile", "huge", "--out", str(tmp_path / "x")]) == 2
     assert "no profile 'huge'; profiles: quick, full" in capsys.readouterr().err
     assert main(["lab", "report", str(tmp_path / "empty")]) == 2

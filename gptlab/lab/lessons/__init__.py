@@ -7,13 +7,14 @@ from gptlab.lab.lesson import Lesson
 
 
 def lessons() -> dict[str, Lesson]:
+    from gptlab.lab.lessons.efficiency import EfficiencyLesson
     from gptlab.lab.lessons.lora_rank import LoraRankLesson
     from gptlab.lab.lessons.positions import PositionsLesson
     from gptlab.lab.lessons.quantization import QuantizationLesson
     from gptlab.lab.lessons.stability import StabilityLesson
     from gptlab.lab.lessons.tying import TyingLesson
 
-    found = [LoraRankLesson(), PositionsLesson(), QuantizationLesson(), StabilityLesson(), TyingLesson()]
+    found = [EfficiencyLesson(), LoraRankLesson(), PositionsLesson(), QuantizationLesson(), StabilityLesson(), TyingLesson()]
     return {lesson.name: lesson for lesson in found}
 
 

@@ -42,8 +42,11 @@ def int8_linear(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None) -> Ten
         try:
             y = _compiled_matmul(x.reshape(rows, x.shape[-1]), w, scale).reshape(*x.shape[:-1], w.shape[0])
             return y + bias.to(y.dtype) if bias is not None else y
-        except Exception:
+        except Exception as e:  # the same fallback as below, said once
             _compiled = False
+            status = f"dequantize + matmul (torch.compile failed: {type(e).__name__})"
+            warnings.warn(f"the int8 kernels could not be compiled ({type(e).__name__}: {e}); int8 layers fall back "
+                          "to dequantize + matmul, which is slower than fp32", stacklevel=2)
     if rows <= MAX_GEMV_ROWS and x.device.type == "cpu" and _compiled is not False:
         if _compiled is None:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)

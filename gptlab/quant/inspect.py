@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from gptlab.config import QuantConfig
 from gptlab.evaluate import evaluate
-from gptlab.quant.ptq import float_linears, quantize, target_filter
+from gptlab.quant.ptq import feed_inputs, float_linears, quantize, target_filter
 
 OUTLIER_FACTOR = 6.0
 
@@ -53,24 +53,15 @@ def layer_stats(model: nn.Module, batches: Iterable[Tensor], cfg: QuantConfig) -
     layers = float_linears(model, target_filter(cfg))
     moments: dict[str, list] = {name: [None, 0.0, 0.0, 0.0, 0.0, 0] for name in layers}  # absmax, Σx, Σx², Σx³, Σx⁴, n
 
-    def hook(name):
-        def record(module, args):
-            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
-            m = moments[name]
-            a = x.abs().amax(0)
-            m[0] = a if m[0] is None else torch.maximum(m[0], a)
-            m[1] += float(x.sum()); m[2] += float(x.pow(2).sum()); m[3] += float(x.pow(3).sum())
-            m[4] += float(x.pow(4).sum()); m[5] += x.numel()
-        return record
+    def record(name: str, x: Tensor) -> None:
+        x = x.double()
+        m = moments[name]
+        a = x.abs().amax(0)
+        m[0] = a if m[0] is None else torch.maximum(m[0], a)
+        m[1] += float(x.sum()); m[2] += float(x.pow(2).sum()); m[3] += float(x.pow(3).sum())
+        m[4] += float(x.pow(4).sum()); m[5] += x.numel()
 
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
-    model.eval()
-    try:
-        for x in batches:
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    feed_inputs(model, layers, batches, record)
     out = []
     for name, layer in layers.items():
         absmax, s1, s2, s3, s4, n = moments[name]

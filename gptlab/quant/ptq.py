@@ -48,15 +48,11 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def activation_absmax(model: nn.Module, layers: dict[str, nn.Module], batches: Iterable[Tensor]) -> dict[str, Tensor]:
-    """Per-input-channel max |x| entering each layer over the calibration batches (the model in eval mode)."""
-    stats: dict[str, Tensor] = {}
-
+def feed_inputs(model: nn.Module, layers: dict[str, nn.Module], batches: Iterable[Tensor], record) -> None:
+    """Run `batches` through the model in eval mode, calling record(name, x) with the input of each named layer
+    flattened to (rows, channels); hooks are removed and the training mode restored afterwards."""
     def hook(name):
-        def record(module, args):
-            a = args[0].detach().abs().float().reshape(-1, args[0].shape[-1]).amax(0)
-            stats[name] = torch.maximum(stats[name], a) if name in stats else a
-        return record
+        return lambda module, args: record(name, args[0].detach().reshape(-1, args[0].shape[-1]))
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
     was_training = model.training
@@ -68,6 +64,17 @@ def activation_absmax(model: nn.Module, layers: dict[str, nn.Module], batches: I
         for h in handles:
             h.remove()
         model.train(was_training)
+
+
+def activation_absmax(model: nn.Module, layers: dict[str, nn.Module], batches: Iterable[Tensor]) -> dict[str, Tensor]:
+    """Per-input-channel max |x| entering each layer over the calibration batches."""
+    stats: dict[str, Tensor] = {}
+
+    def record(name: str, x: Tensor) -> None:
+        a = x.abs().float().amax(0)
+        stats[name] = torch.maximum(stats[name], a) if name in stats else a
+
+    feed_inputs(model, layers, batches, record)
     return stats
 
 

@@ -12,7 +12,6 @@ Timings are only comparable when nothing else runs: run this lesson with --jobs 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics

@@ -125,6 +125,11 @@ def plot_final(results: Results, lesson: Lesson, path: Path) -> None:
     plt.close(fig)
 
 
+def _interrupted(history: list[dict]) -> str:
+    n = sum(1 for h in history if "finished" not in h)
+    return f", {n} of them interrupted and counted up to their last finished cell" if n else ""
+
+
 # -- the blocks --------------------------------------------------------------------------------------------------
 def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
     meta, grid = results.meta, results.meta.get("grid", {})
@@ -137,7 +142,8 @@ def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
     blocks.append(Block("p", f"Profile {meta.get('profile')!s}: {len(grid.get('conditions', []))} conditions × "
                              f"{len(grid.get('variants', []))} variants × {len(grid.get('seeds', []))} seeds; "
                              f"{len(results.cells)} cells finished, {results.missing()} missing. "
-                             f"Wall time {wall / 60:.1f} min over {len(history)} invocation(s) "
+                             f"Wall time {wall / 60:.1f} min over {len(history)} invocation(s)"
+                             f"{_interrupted(history)} "
                              f"({compute / 60:.1f} min of cell time). "
                              f"Extra settings: {', '.join(meta.get('set', [])) or 'none'}."))
     rows = [["", "name", "settings"]]

@@ -138,6 +138,7 @@ def run_lesson(lesson: Lesson, profile: str, out: str | Path, jobs: int = 1, see
     out.mkdir(parents=True, exist_ok=True)
     cores = len(os.sched_getaffinity(0))
     threads = max(1, cores // jobs)
+    started = time.time()  # preparing data (tokenizers, a lesson's base models) is part of the wall time
     data_dirs = lesson.prepare_data(out, grid)
     cells = plan_cells(lesson, grid, data_dirs, extra, threads)
 
@@ -149,9 +150,8 @@ def run_lesson(lesson: Lesson, profile: str, out: str | Path, jobs: int = 1, see
                           f"{'; '.join(what[:3])}); rerun with --redo-changed to run them again, or use another --out")
     todo = [c for c in cells if states[c.name][0] != "done"]
     done = len(cells) - len(todo)
-    started = time.time()
-    _record(out, lesson, profile, grid, extra, {"started": started, "cells": len(cells), "to_run": len(todo),
-                                                "jobs": jobs, "threads_per_job": threads})
+    entry = {"started": started, "cells": len(cells), "to_run": len(todo), "jobs": jobs, "threads_per_job": threads}
+    _record(out, lesson, profile, grid, extra, {**entry, "wall_s": time.time() - started, "ran": 0})
     bar = tqdm(total=len(cells), initial=done, desc=f"lab {lesson.name} ({profile})", unit="cell", dynamic_ncols=True,
                disable=(not progress) if progress is not None else None, file=sys.stderr)
     failures: list[tuple[str, str]] = []
@@ -160,6 +160,9 @@ def run_lesson(lesson: Lesson, profile: str, out: str | Path, jobs: int = 1, see
 
     def finished(c: Cell, summary: dict | None) -> None:
         count[0] += 1
+        # the wall time so far, so a report still counts an invocation that is later interrupted
+        _record(out, lesson, profile, grid, extra, {**entry, "wall_s": time.time() - started, "ran": count[0] - done},
+                replace_last=True)
         bar.set_postfix_str(c.name, refresh=False)
         bar.update(1)
         if bar.disable and progress is None:  # a log file rather than a terminal: one line per cell

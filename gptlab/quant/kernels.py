@@ -3,8 +3,10 @@
 Decoding reads every weight once per token, so its speed is set by bytes read: int8 weights read a quarter of
 fp32's. Library int8 kernels (`torch._weight_int8pack_mm`, torchao's weight-only int8) are slower than fp32 on
 2-core AVX-512 CPUs; a dequantize-multiply-sum over the int8 rows fused by `torch.compile` into one loop is about
-2× faster than fp32 `F.linear` (see `gptlab bench decode --quant int8`). For more than a few rows (a prompt,
-evaluation) the weights are dequantized and multiplied with a normal matmul instead.
+2× faster than fp32 `F.linear` with the weights in cache and about 1.5× when they stream from memory, as in a
+124M model (the compiled loop then reads 10–15 GB/s, about half of what MKL's fp32 gemv reaches; see
+`gptlab bench decode --quant int8`). For more than a few rows (a prompt, evaluation) the weights are dequantized
+and multiplied with a normal matmul instead.
 """
 
 from __future__ import annotations

@@ -114,6 +114,10 @@ def test_a_run_killed_mid_grid_completes_only_the_missing_cells(quick_tying, tmp
     assert finished == {p: p.read_bytes() for p in finished}  # finished cells were not run again
     resumed = summaries(out)
     assert len(resumed) == QUICK_CELLS
+    # The killed invocation's wall time still counts, up to its last finished cell.
+    killed, rerun = json.loads((out / "lesson.json").read_text())["history"]
+    assert "finished" not in killed and killed["ran"] >= 3 and killed["wall_s"] > 0 and "finished" in rerun
+    assert "2 invocation(s), 1 of them interrupted" in (out / "report.md").read_text()
 
     # The interrupted grid reaches the same numbers as one that never stopped (resume is bit for bit).
     clean = tmp_path / "clean"

@@ -20,6 +20,7 @@ from gptlab.evaluate import evaluate
 from gptlab.model import GPT
 from gptlab.quant import QATLinear, QuantLinear, QuantSpec, convert_qat, fake_quant, prepare_qat, quantize
 from gptlab.quant.fake import compute_scales, fake_quant_ste, grouped
+from gptlab.quant import kernels, native
 from gptlab.quant.kernels import int8_linear
 from gptlab.quant.qat import gradient_ratio
 from tests.conftest import tiny_config
@@ -79,13 +80,36 @@ def test_integer_storage_holds_the_fake_quantized_weight(bits, symmetric, granul
     assert torch.allclose(q(x), F.linear(x, q.dequantized(), linear.bias), atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 9])
-def test_fused_int8_kernel_equals_dequantize_then_matmul(rows):
+@pytest.mark.parametrize("rows", [1, 3, 9, 100])
+@pytest.mark.parametrize("native_kernel", [True, False])
+def test_int8_kernels_equal_dequantize_then_matmul(rows, native_kernel, monkeypatch):
+    if not native_kernel:  # the torch.compile paths a machine without the C++ kernel takes
+        monkeypatch.setattr(native, "_module", None)
+        monkeypatch.setattr(native, "why_not", "turned off by the test")
     w = torch.randint(-127, 128, (40, 24), dtype=torch.int8)
     scale, bias, x = torch.rand(40) / 100, torch.randn(40), torch.randn(1, rows, 24)
     expected = F.linear(x, w.float() * scale[:, None], bias)
     with torch.no_grad():
         assert torch.allclose(int8_linear(x, w, scale, bias), expected, atol=1e-5)
+    if not native_kernel:
+        assert not kernels.status.startswith("gptlab")
+
+
+@pytest.mark.parametrize("out_features,in_features", [(2305, 768), (7, 3), (64, 33)])
+@pytest.mark.parametrize("rows", [1, 2, 5, 64])
+def test_native_int8_kernel_matches_float_reference(out_features, in_features, rows):
+    kernel = native.load()
+    if kernel is None:  # int8_linear's other paths are tested above
+        pytest.skip(f"the C++ int8 kernel is not available here: {native.why_not}")
+    g = torch.Generator().manual_seed(rows)
+    w = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8, generator=g)
+    scale, bias = torch.rand(out_features, generator=g) / 100, torch.randn(out_features, generator=g)
+    x = torch.randn(rows, in_features, generator=g)
+    expected = (x.double() @ (w.double() * scale.double()[:, None]).t() + bias.double()).float()
+    assert torch.allclose(kernel.int8_gemv(x, w, scale, bias), expected, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(kernel.int8_gemv(x, w, scale, torch.empty(0)), expected - bias, rtol=1e-5, atol=1e-4)
+    with pytest.raises(RuntimeError, match="inputs"):
+        kernel.int8_gemv(torch.randn(rows, in_features + 1), w, scale, bias)
 
 
 def tiny_model(seed: int = 0, **overrides) -> GPT:

@@ -114,8 +114,11 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
     if quant == "int8":
         from gptlab.quant import kernels
 
+        from gptlab.quant import native
+
         result["int8_kernel"] = kernels.status
-        print(f"int8 kernel:   {kernels.status}")
+        print(f"int8 kernel:   {kernels.status}"
+              + (f" (the C++ kernel is not used: {native.why_not})" if native.why_not else ""))
     if twin is not None:
         seconds, theirs_tokens = time_transformers(twin, prompt, new_tokens, repeats)
         theirs = new_tokens / seconds

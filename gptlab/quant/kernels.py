@@ -1,12 +1,14 @@
-"""The int8 weight-only matrix-vector product used when decoding one token at a time.
+"""The int8 weight-only matrix products used at inference: decoding one token at a time, prompts, evaluation.
 
 Decoding reads every weight once per token, so its speed is set by bytes read: int8 weights read a quarter of
 fp32's. Library int8 kernels (`torch._weight_int8pack_mm`, torchao's weight-only int8) are slower than fp32 on
-2-core AVX-512 CPUs; a dequantize-multiply-sum over the int8 rows fused by `torch.compile` into one loop is about
-2× faster than fp32 `F.linear` with the weights in cache and about 1.5× when they stream from memory, as in a
-124M model (the compiled loop then reads 10–15 GB/s, about half of what MKL's fp32 gemv reaches; see
-`gptlab bench decode --quant int8`). For more than a few rows (a prompt, evaluation) the weights are dequantized
-and multiplied with a normal matmul instead.
+2-core AVX-512 CPUs. In order of preference:
+1. gptlab's C++ kernel (csrc/int8_gemv.cpp, built on first use, see `native`) for up to NATIVE_MAX_ROWS rows:
+   about 2.5× faster than fp32 `F.linear` over a 124M model's layers;
+2. a dequantize-multiply-sum fused by `torch.compile` (≤ MAX_GEMV_ROWS rows; ~1.5× fp32 with weights streaming
+   from memory, ~2× in cache), or a compiled dequantize + matmul for more rows;
+3. dequantize + `F.linear` in eager mode (slower than fp32: the float weights are rebuilt on every call).
+`status` says which one ran last, for the decode benchmark.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gptlab.quant import native
+
 MAX_GEMV_ROWS = 4  # above this many rows a dequantized matmul is faster than the fused row loop
+NATIVE_MAX_ROWS = 64  # measured: the C++ kernel beats the compiled dequantize + matmul up to here, ties at 128
 
 _compiled = None
 status = "not used yet"  # which kernel ran: reported by the decode benchmark
@@ -34,10 +39,22 @@ def _dequant_matmul(x: Tensor, w: Tensor, scale: Tensor) -> Tensor:
 _compiled_matmul = None
 
 
+def _native_fits(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None) -> bool:
+    """float32 inputs on the CPU without autograd (the kernel has no backward)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and scale.dtype == torch.float32
+            and (bias is None or bias.dtype == torch.float32) and w.is_contiguous()
+            and not (torch.is_grad_enabled() and x.requires_grad))
+
+
 def int8_linear(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
     """x (..., in) @ (w (out, in) int8 · scale (out,)).T + bias."""
     global _compiled, _compiled_matmul, status
     rows = x.numel() // x.shape[-1]
+    if rows <= NATIVE_MAX_ROWS and _native_fits(x, w, scale, bias) and (kernel := native.load()) is not None:
+        status = "gptlab int8 kernel (C++, AVX-512)"
+        empty = x.new_empty(0)
+        y = kernel.int8_gemv(x.reshape(rows, x.shape[-1]), w, scale, bias if bias is not None else empty)
+        return y.reshape(*x.shape[:-1], w.shape[0])
     if rows > MAX_GEMV_ROWS and x.device.type == "cpu" and _compiled is not False and not torch.is_grad_enabled():
         if _compiled_matmul is None:  # a prompt: dequantizing in eager mode would take longer than the matmul
             _compiled_matmul = torch.compile(_dequant_matmul, dynamic=True)

@@ -18,8 +18,10 @@ def test_quick_quantization_lesson(tmp_path):
         assert by[("w4", "qat-broken", seed)]["dead_gradient_step"] == 3  # the alarm fired
         assert "dead_gradient_step" not in by[("w4", "qat-lsq", seed)]
         assert len(by[("w4", "channel", seed)]["layers"]) == 4  # one quick layer: four linear layers
+        assert by[("w8", "channel", seed)]["decode_tokens_per_s"] > 0  # speed per weight-only format
+        assert "decode_tokens_per_s" not in by[("w8", "act-token", seed)]
     md = (out / "report.md").read_text()
-    for section in ("## Loss against bits", "## Model size per format", "## Sensitivity map",
+    for section in ("## Loss against bits", "## Model size and decode speed per format", "## Sensitivity map",
                     "## Gradient flow during QAT", "qat-ste → qat-broken"):
         assert section in md
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 5

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from gptlab.bench.decode import time_gptlab
 from gptlab.config import build_config
 from gptlab.data import TokenData
 from gptlab.evaluate import evaluate
@@ -50,6 +51,7 @@ QAT = (Variant("float-ft", {}, "float training for the QAT budget, then PTQ per 
        Variant("qat-broken", {"quant.qat": "broken", "quant.clip_ratio": QAT_CLIP, "quant.dead_gradient": "record"},
                "QAT with the gradient through round() left at zero (a deliberate bug)"))
 WEIGHT_ONLY = ("tensor", "channel", "group32")
+DECODE_TOKENS = 64
 
 
 class Profile:
@@ -157,6 +159,9 @@ class QuantizationLesson(Lesson):
                 layers = inspect_model(float_model, cfg.quant, calibration, data.val, length,
                                        max_windows=max(4, profile.eval_windows // 4))
                 out["layers"] = as_records(layers)
+        if cell.variant.name in WEIGHT_ONLY:  # speed per format: the same greedy generation, float and quantized
+            out["decode_tokens_per_s"] = decode_speed(model, data)
+            out["float_decode_tokens_per_s"] = decode_speed(float_model, data)
         loss = loss_of(model)
         out.update({"val_loss": loss, "loss_increase": loss - float_loss,
                     "ppl_increase": math.exp(loss) - math.exp(float_loss), "bytes": state_bytes(model),
@@ -187,20 +192,27 @@ class QuantizationLesson(Lesson):
         if plot_bits(results, directory / "loss_vs_bits.png"):
             blocks += [Block("h2", "Loss against bits"),
                        Block("img", "loss_vs_bits.png", items=["val loss increase over the float model per method"])]
-        size_rows = [["format", "state bytes (mean)", "vs float"]]
+        size_rows = [["format", "state bytes (mean)", "vs float", "decode tokens/s (mean)", "vs float"]]
         for b in BITS:
             for v in WEIGHT_ONLY:
                 sizes = results.values(f"w{b}", v, "bytes")
                 floats = results.values(f"w{b}", v, "float_bytes")
+                speed = results.values(f"w{b}", v, "decode_tokens_per_s")
+                float_speed = results.values(f"w{b}", v, "float_decode_tokens_per_s")
                 if sizes:
-                    size_rows.append([f"int{b} {v}", f"{np.mean(sizes):,.0f}", f"{np.mean(sizes) / np.mean(floats):.0%}"])
+                    size_rows.append([f"int{b} {v}", f"{np.mean(sizes):,.0f}", f"{np.mean(sizes) / np.mean(floats):.0%}",
+                                      f"{np.mean(speed):,.0f}" if speed else "—",
+                                      f"{np.mean(speed) / np.mean(float_speed):.2f}×" if speed else "—"])
         if len(size_rows) > 1:
-            blocks += [Block("h2", "Model size per format"),
+            blocks += [Block("h2", "Model size and decode speed per format"),
                        Block("p", "Bytes of the saved state (embeddings stay float; 2-4-bit codes are packed two per "
-                                  "byte, 5-8-bit codes take a byte; one float32 scale per row or group). Decode speed "
-                                  "per format for the GPT-2 124M shape comes from `gptlab bench decode [--quant int8] "
-                                  "[--dtype bfloat16]`; at this lesson's model size per-token overhead, not bytes, "
-                                  "sets the speed."),
+                                  "byte, 5-8-bit codes take a byte; one float32 scale per row or group). Decode: "
+                                  f"greedy, {DECODE_TOKENS} new tokens from a one-token prompt with the KV cache, "
+                                  "best of 3, quantized vs the same float model in the same cell (with --jobs 2 "
+                                  "another cell shares the machine, so read ratios, not absolute speeds). Only "
+                                  "symmetric int8 per channel has an integer kernel; other formats dequantize their "
+                                  "weights on every call. At this model size per-token overhead, not bytes read, "
+                                  "sets the speed; `gptlab bench decode --quant int8` measures the GPT-2 124M shape."),
                        Block("table", items=size_rows)]
         layer_blocks = layer_report(results, directory)
         blocks += layer_blocks
@@ -213,6 +225,12 @@ class QuantizationLesson(Lesson):
                        Block("img", "gradient_flow.png", items=["gradient flow through the straight-through "
                                                                 "estimators"])]
         return blocks
+
+
+def decode_speed(model, data: TokenData) -> float:
+    """Tokens/s of greedy decoding with the KV cache: DECODE_TOKENS new tokens after the first validation token."""
+    seconds, _ = time_gptlab(model.eval(), [int(data.val[0])], DECODE_TOKENS, repeats=3)
+    return DECODE_TOKENS / seconds
 
 
 def layer_report(results, directory: Path) -> list:

@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from gptlab.config import RunConfig, apply_overrides, to_dict
+from gptlab.config import RunConfig, apply_overrides, save_yaml, to_dict
 from gptlab.data import load_data
 from gptlab.errors import ConfigError, GptlabError
 from gptlab.io import atomic_write_json
@@ -94,6 +94,8 @@ def execute_cell(lesson: Lesson, cell: Cell, directory: Path, data_dir: Path, re
     t0 = time.perf_counter()
     summary = lesson.run_cell(cell, directory, load_data(data_dir), resume, directory.parents[3])
     summary = {**cell.identity(), **summary, "wall_s": time.perf_counter() - t0, "resumed": resume}
+    if not is_run(directory):  # a cell that trains nothing (e.g. post-training quantization): record its settings
+        save_yaml(cell.config, directory / "config.yaml")  # so a rerun sees it done, or changed
     atomic_write_json(directory / "summary.json", summary)
     if not keep_checkpoints:  # the numbers are kept; the weights (and the tokenizer copy) are not needed for them
         shutil.rmtree(directory / "checkpoints", ignore_errors=True)

@@ -189,3 +189,22 @@ def test_bad_lab_input_is_one_line(tmp_path, capsys):
     assert "no profile 'huge'; profiles: quick, full" in capsys.readouterr().err
     assert main(["lab", "report", str(tmp_path / "empty")]) == 2
     assert "no lesson.json" in capsys.readouterr().err
+
+
+class MeasureOnlyLesson(LearningRateLesson):
+    """Cells that train nothing (like post-training quantization): a metric from the cell's settings alone."""
+    name = "measure"
+    calls = 0
+
+    def run_cell(self, cell, cell_dir, data, resume, workdir):
+        MeasureOnlyLesson.calls += 1
+        return {"val_loss": cell.config.train.lr * 1000 + cell.seed}
+
+
+def test_cells_that_train_nothing_are_done_after_one_run(tmp_path):
+    out = tmp_path / "measure"
+    assert run_lesson(MeasureOnlyLesson(), "quick", out, progress=False)["ran"] == 9
+    again = run_lesson(MeasureOnlyLesson(), "quick", out, progress=False)
+    assert (again["ran"], again["skipped"], MeasureOnlyLesson.calls) == (0, 9, 9)
+    with pytest.raises(GptlabError, match="other settings"):  # their settings are recorded, so changes show
+        run_lesson(MeasureOnlyLesson(), "quick", out, overrides=["train.max_steps=12"], progress=False)

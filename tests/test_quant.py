@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import time
 
 import numpy as np
 import pytest
@@ -93,6 +95,17 @@ def test_int8_kernels_equal_dequantize_then_matmul(rows, native_kernel, monkeypa
         assert torch.allclose(int8_linear(x, w, scale, bias), expected, atol=1e-5)
     if not native_kernel:
         assert not kernels.status.startswith("gptlab")
+
+
+def test_a_build_lock_left_by_a_killed_build_is_cleared(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTLAB_KERNEL_CACHE", str(tmp_path))
+    lock = native.build_directory() / "lock"
+    lock.touch()
+    assert native.build_directory() == lock.parent and lock.exists()  # a build in progress keeps its lock
+    old = time.time() - native.STALE_LOCK_S - 1
+    os.utime(lock, (old, old))
+    native.build_directory()
+    assert not lock.exists()
 
 
 @pytest.mark.parametrize("out_features,in_features", [(2305, 768), (7, 3), (64, 33)])

@@ -1,21 +1,24 @@
 """Building and loading gptlab's C++ int8 kernel (csrc/int8_gemv.cpp) on first use.
 
 The kernel is compiled once per machine with torch's extension builder (a C++ compiler and ninja; the `ninja`
-package is a gptlab dependency) into torch's extension cache, ~20 s the first time, then loaded in well under a
-second. It needs AVX-512; where it cannot be had (another CPU, no compiler) `load()` returns None with the reason
+package is a gptlab dependency) into ~/.cache/gptlab/kernels (or $GPTLAB_KERNEL_CACHE), ~20 s the first time,
+then loaded in well under a second. It needs AVX-512; where it cannot be had (another CPU, no compiler) `load()` returns None with the reason
 in `why_not`, and callers use the torch.compile path instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "int8_gemv.cpp"
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp"]
+STALE_LOCK_S = 600  # a build takes ~20 s; a lock this old was left by a killed build
 
 _module = None
 why_not: str | None = None  # why the kernel is not used, once a load was tried and failed
@@ -31,6 +34,22 @@ def _put_ninja_on_path() -> None:
     bin_dir = getattr(ninja, "BIN_DIR", None)
     if bin_dir and bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
+def build_directory() -> Path:
+    """One folder per source, flags and torch version, so an edited kernel is rebuilt and never mixed up.
+
+    torch's builder holds a lock file there while compiling; a build killed midway leaves it behind and every
+    later build would wait on it forever, so a lock older than STALE_LOCK_S is removed first.
+    """
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + torch.__version__.encode()).hexdigest()
+    root = Path(os.environ.get("GPTLAB_KERNEL_CACHE", Path.home() / ".cache" / "gptlab" / "kernels"))
+    directory = root / f"int8_gemv-{digest[:16]}"
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+        lock.unlink(missing_ok=True)
+    return directory
 
 
 def load():
@@ -50,8 +69,9 @@ def load():
                 from torch.utils.cpp_extension import load as build
 
                 _put_ninja_on_path()
+                directory = build_directory()
                 _module = build("gptlab_int8_gemv", [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
-                                verbose=False)
+                                build_directory=str(directory), verbose=False)
             except Exception as e:  # no compiler, no ninja, a failed build: the result is the same, only slower
                 why_not = f"it could not be built ({type(e).__name__}: {str(e).strip().splitlines()[-1][:200]})"
     return _module

@@ -78,6 +78,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.nproc < 1:
         raise GptlabError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.device:
+        args.overrides = [*args.overrides, f"train.device={args.device}"]
     if args.nproc > 1 and not launched_by_torchrun():
         return launch_processes(args.nproc, args.argv)
     if args.resume:
@@ -319,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel processes, launched with torchrun (gloo on CPU, nccl on GPU); "
                    "train.batch_size stays the global batch, so the run follows the single-process one (default 1; "
                    "`torchrun --nproc_per_node=N -m gptlab train ...` does the same)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="where to train (same as --set train.device=...; "
+                   "default cpu); with --nproc N on cuda, one GPU per process over nccl")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 

@@ -66,6 +66,7 @@ def test_train_resume_extends(trained_run, tmp_path, capsys):
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--set", "train.lr=high"], "train.lr: expected a number"),
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--set", "model.block_size=1000000"], "too few for one block"),
     (["train", "--data", "{tmp}", "--out", "{tmp}/r"], "not a gptlab data directory"),
+    (["train", "--data", "{data}", "--out", "{tmp}/r", "--device", "cuda"], "train.device=cuda but"),  # CPU torch
     (["train", "--resume", "{tmp}"], "not a gptlab run directory"),
     (["sample", "--run", "{run}", "--prompt", "t" * 40], "the prompt is 40 tokens but this model's context is 16"),
     (["sample", "--run", "{run}", "--prompt", "Zebra ✓"], "not in this char-level vocabulary"),

@@ -24,7 +24,7 @@ from gptlab.adapters.lora import apply_lora, trainable_report
 from gptlab.adapters.peft_format import save_adapter_state
 from gptlab.config import RunConfig, TrainConfig, to_dict
 from gptlab.data import BatchSampler, TokenData, eval_batches, load_data
-from gptlab.errors import CheckpointError, GptlabError
+from gptlab.errors import CheckpointError, ConfigError, GptlabError
 from gptlab.model import GPT, count_parameters, flops_per_token
 from gptlab.run import create_run, load_run_config, run_data_dir, run_info, set_threads
 from gptlab.train.checkpoint import (Checkpoint, load_checkpoint, load_model_state, model_state, optimizer_tensors,
@@ -35,6 +35,14 @@ from gptlab.train.optim import build_optimizer, lr_at
 
 # Settings a resumed run may change: they do not alter the sequence of updates.
 RESUMABLE_CHANGES = {"max_steps", "eval_every", "checkpoint_every", "log_every", "threads", "tensorboard"}
+
+
+def check_device(device: str) -> None:
+    """A clear error before anything is written, rather than torch's assertion deep inside the first step."""
+    if device == "cuda" and not torch.cuda.is_available():
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ConfigError(f"train.device=cuda but {why}; use --device cpu, or install a CUDA build of torch "
+                          "on a machine with a GPU")
 
 
 def autocast(cfg: TrainConfig):
@@ -187,6 +195,7 @@ class Trainer:
         self.quiet = quiet
         self.cfg = cfg = model_config_for(cfg, data)
         data.check_fits(cfg.model.block_size)
+        check_device(cfg.train.device)
         self.dist = Distributed(cfg.train.device)
         self.dist.check_batch(cfg.train.batch_size)
         if not self.dist.main:

@@ -41,8 +41,9 @@ _compiled_matmul = None
 
 def _native_fits(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None) -> bool:
     """float32 inputs on the CPU without autograd (the kernel has no backward)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and scale.dtype == torch.float32
-            and (bias is None or bias.dtype == torch.float32) and w.is_contiguous()
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.int8 and w.is_contiguous()
+            and scale.dtype == torch.float32 and scale.is_contiguous()
+            and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))
             and not (torch.is_grad_enabled() and x.requires_grad))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -70,6 +71,9 @@ def load():
 
                 _put_ninja_on_path()
                 directory = build_directory()
+                if not (directory / "gptlab_int8_gemv.so").is_file():  # say why the first int8 call takes a while
+                    print("building gptlab's int8 kernel (first use on this machine, ~20 s) ...", file=sys.stderr,
+                          flush=True)
                 _module = build("gptlab_int8_gemv", [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
                                 build_directory=str(directory), verbose=False)
             except Exception as e:  # no compiler, no ninja, a failed build: the result is the same, only slower

@@ -69,7 +69,8 @@ def test_levels_per_bit_width():
 
 @pytest.mark.parametrize("bits,symmetric,granularity,group", [(8, True, "channel", 0), (4, True, "channel", 8),
                                                               (3, False, "tensor", 0), (6, False, "channel", 16),
-                                                              (2, True, "channel", 0)])
+                                                              (2, True, "channel", 0), (6, True, "tensor", 0),
+                                                              (5, True, "channel", 0)])
 def test_integer_storage_holds_the_fake_quantized_weight(bits, symmetric, granularity, group):
     linear = nn.Linear(32, 24)
     spec = QuantSpec(bits, symmetric, granularity, group)
@@ -78,8 +79,9 @@ def test_integer_storage_holds_the_fake_quantized_weight(bits, symmetric, granul
     assert q.qweight.dtype in (torch.int8, torch.uint8)
     if bits <= 4:
         assert q.qweight.shape == (24, 16)  # two codes per byte
-    x = torch.randn(3, 32)
-    assert torch.allclose(q(x), F.linear(x, q.dequantized(), linear.bias), atol=1e-5)
+    for x in (torch.randn(3, 32), torch.randn(2, 50, 32)):  # a decode step and a batch (other int8 paths)
+        with torch.no_grad():
+            assert torch.allclose(q(x), F.linear(x, q.dequantized(), linear.bias), atol=1e-5)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 9, 100])

@@ -1,8 +1,9 @@
 """A linear layer with integer weights (codes + scales) and, optionally, quantized input activations.
 
 Weights are stored as integers: int8 (symmetric) or uint8 (asymmetric) codes for 5-8 bits, two 4-bit codes per
-byte for 2-4 bits, with float32 scales (and zero points when asymmetric). Symmetric int8 per-channel weights
-take the fused int8 decode kernel (`gptlab.quant.kernels`); other formats dequantize and multiply. Activation
+byte for 2-4 bits, with float32 scales (and zero points when asymmetric). Symmetric 5-8-bit weights with one
+scale per row or per tensor take the int8 kernels (`gptlab.quant.kernels`); other formats (asymmetric, groups,
+2-4 bits) dequantize and multiply. Activation
 quantization (dynamic per tensor / per token, or static per tensor) is simulated: inputs are rounded to
 `act_bits` integers and back, which gives the accuracy of an integer matmul without needing one.
 """
@@ -117,15 +118,20 @@ class QuantLinear(nn.Module):
 
     @property
     def fast_int8(self) -> bool:
-        return (self.spec.bits == 8 and self.spec.symmetric and self.spec.granularity == "channel"
-                and not self.spec.group_size)
+        """Symmetric 5-8-bit codes are int8 bytes with one scale per row (or one for all): the int8 kernel's input."""
+        return self.spec.bits >= 5 and self.spec.symmetric and not self.spec.group_size
+
+    def row_scales(self) -> Tensor:
+        if self.spec.granularity == "tensor":
+            return self.scale.reshape(1).expand(self.out_features).contiguous()
+        return self.scale[:, 0]
 
     def forward(self, x: Tensor) -> Tensor:
         if hasattr(self, "smooth"):
             x = x / self.smooth.to(x.dtype)
         x = self.quantize_input(x)
         if self.fast_int8:
-            return int8_linear(x, self.qweight, self.scale[:, 0], self.bias)
+            return int8_linear(x, self.qweight, self.row_scales(), self.bias)
         w = self.dequantized().to(x.dtype)
         return F.linear(x, w, self.bias.to(x.dtype) if self.bias is not None else None)
 

@@ -359,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--adapter", metavar="ADAPTER_DIR", help="add a LoRA adapter (gptlab finetune or PEFT) to --run")
-    p.add_argument("--quant", choices=["none", "int8"], default="none", help="int8: int8 weights (per channel) in "
-                   "every linear layer, head included, with the fused int8 decode kernel")
+    p.add_argument("--quant", choices=["none", "int8", "int4"], default="none", help="quantize the weights of "
+                   "every linear layer, head included, on loading: int8 per channel or int4 in groups of 32, with "
+                   "gptlab's integer decode kernels")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("quantize", help="quantize a run's weights (and activations) into a new run",
@@ -481,8 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 3)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="decode: weight and cache dtype (default float32)")
-    p.add_argument("--quant", choices=["none", "int8"], default="none", help="decode: int8 weights in every linear "
-                   "layer (fused int8 kernel); transformers stays fp32, the baseline a user would otherwise run")
+    p.add_argument("--quant", choices=["none", "int8", "int4"], default="none", help="decode: int8 (per channel) or "
+                   "int4 (groups of 32) weights in every linear layer, on gptlab's integer kernels; transformers "
+                   "stays fp32, the baseline a user would otherwise run")
     p.add_argument("--corpus", metavar="PATH", help="time-to-loss: tinyshakespeare.txt (default: "
                    "../shared/data/tinyshakespeare.txt when present)")
     p.add_argument("--target", type=float, default=1.886, help="time-to-loss: val loss to reach (default 1.886, "

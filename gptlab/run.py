@@ -105,8 +105,8 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu",
 
     `overrides` may change only how positions are read (`EVAL_TIME_KEYS`, e.g. RoPE scaling), never weights.
     A quantized run (made by `gptlab quantize`) loads with its integer layers, a quantization-aware training run
-    with its fake-quant layers; `quant="int8"` quantizes a float model's linear layers (head included) to int8
-    weights on loading, for faster decoding."""
+    with its fake-quant layers; `quant="int8"` or `"int4"` quantizes a float model's linear layers (head
+    included) on loading, for faster decoding (`gptlab.quant.quantize_on_load`)."""
     from gptlab.config import EVAL_TIME_KEYS, apply_overrides
     from gptlab.errors import ConfigError
 
@@ -138,8 +138,7 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu",
         if quantized or cfg.quant.qat != "none" or cfg.lora.r > 0:
             raise ConfigError(f"--quant {quant} quantizes a plain float model; {run_dir} is already quantized, "
                               "quantization-aware or an adapter run (merge it first)")
-        from gptlab.config import QuantConfig
-        from gptlab.quant import quantize
+        from gptlab.quant import quantize_on_load
 
-        quantize(model, QuantConfig(bits=8, targets="all"))
+        quantize_on_load(model, quant)
     return model.to(device).eval(), load_tokenizer(run_dir / "tokenizer"), cfg

@@ -9,7 +9,7 @@ from gptlab.bench.decode import weight_bytes_per_token
 from gptlab.cli import main
 from gptlab.config import build_config
 from gptlab.model import GPT
-from gptlab.quant import native
+from gptlab.quant import kernels, native
 
 TINY = ["--set", "model.n_layer=2", "--set", "model.n_head=2", "--set", "model.n_embd=32", "--set",
         "model.vocab_size=300", "--set", "model.block_size=64"]
@@ -38,13 +38,15 @@ def test_decode_with_int8_weights_reads_a_quarter_of_the_linear_bytes():
     assert weight_bytes_per_token(model) == before - 4 * linears + linears + 4 * rows
 
 
-def test_bench_decode_int8_against_fp32_transformers(tmp_path):
+@pytest.mark.parametrize("quant, fallback", [("int8", "fused int8 gemv"), ("int4", "not used yet")])
+def test_bench_decode_quantized_against_fp32_transformers(tmp_path, quant, fallback):
     out = tmp_path / "decode.json"
+    kernels.status = "not used yet"
     assert main(["bench", "decode", *TINY, "--new-tokens", "8", "--repeats", "1", "--vs", "transformers",
-                 "--quant", "int8", "--json", str(out)]) == 0
+                 "--quant", quant, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    expected = "gptlab int8 kernel" if native.load() is not None else "fused int8 gemv"
-    assert result["quant"] == "int8" and result["int8_kernel"].startswith(expected)
+    expected = f"gptlab {quant} kernel" if native.load() is not None else fallback  # int4 falls back silently
+    assert result["quant"] == quant and result["kernel"].startswith(expected)
     assert result["ratio_vs_transformers"] > 0 and 0 <= result["tokens_agreeing"] <= 8
 
 

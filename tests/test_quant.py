@@ -70,7 +70,8 @@ def test_levels_per_bit_width():
 @pytest.mark.parametrize("bits,symmetric,granularity,group", [(8, True, "channel", 0), (4, True, "channel", 8),
                                                               (3, False, "tensor", 0), (6, False, "channel", 16),
                                                               (2, True, "channel", 0), (6, True, "tensor", 0),
-                                                              (5, True, "channel", 0)])
+                                                              (5, True, "channel", 0), (4, True, "channel", 32),
+                                                              (4, False, "channel", 0)])
 def test_integer_storage_holds_the_fake_quantized_weight(bits, symmetric, granularity, group):
     linear = nn.Linear(32, 24)
     spec = QuantSpec(bits, symmetric, granularity, group)
@@ -101,6 +102,35 @@ def test_int8_kernels_equal_dequantize_then_matmul(rows, native_kernel, monkeypa
     with torch.no_grad():
         assert torch.allclose(int8_linear(x, w, strided, bias), F.linear(x, w.float() * strided[:, None], bias),
                               atol=1e-5)
+
+
+def test_a_reloaded_4bit_layer_uses_its_new_scales():
+    q, other = (QuantLinear.from_float(nn.Linear(64, 40), QuantSpec(4, False, "channel", 32)) for _ in range(2))
+    x = torch.randn(2, 64)
+    with torch.no_grad():
+        q(x)  # the kernel's scale layout is built and kept here ...
+        q.load_state_dict(other.state_dict())  # ... and must not outlive the scales it came from
+        assert torch.allclose(q(x), F.linear(x, other.dequantized(), other.bias), atol=1e-5)
+
+
+@pytest.mark.parametrize("out_features,in_features,group", [(2305, 768, 32), (7, 64, 64), (33, 3072, 3072)])
+@pytest.mark.parametrize("rows", [1, 3, 5])
+def test_native_int4_kernel_matches_float_reference(out_features, in_features, group, rows):
+    kernel = native.load()
+    if kernel is None:  # QuantLinear's dequantizing path is tested above
+        pytest.skip(f"the C++ kernels are not available here: {native.why_not}")
+    g = torch.Generator().manual_seed(rows)
+    packed = torch.randint(0, 256, (out_features, in_features // 2), dtype=torch.uint8, generator=g)
+    nibbles = torch.stack((packed & 0xF, packed >> 4), dim=-1).reshape(out_features, in_features).double()
+    groups = in_features // group
+    scale = torch.rand(out_features, groups, generator=g) / 10
+    offset = torch.randint(0, 16, (out_features, groups), generator=g).float()
+    weight = ((nibbles.view(out_features, groups, group) - offset.double()[..., None]) * scale.double()[..., None])
+    x, bias = torch.randn(rows, in_features, generator=g), torch.randn(out_features, generator=g)
+    expected = (x.double() @ weight.view(out_features, in_features).t() + bias.double()).float()
+    assert torch.allclose(kernel.int4_gemv(x, packed, scale, offset, group, bias), expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(RuntimeError, match="group size"):
+        kernel.int4_gemv(x, packed, scale, offset, 16, bias)
 
 
 def test_a_build_lock_left_by_a_killed_build_is_cleared(tmp_path, monkeypatch):
@@ -304,6 +334,9 @@ def test_sample_with_int8_weights_and_inspect(float_run, tmp_path, capsys):
     assert main(["sample", "--run", str(float_run), "--prompt", "The", "--temperature", "0",
                  "--max-new-tokens", "8"]) == 0
     assert int8_text[:5] == capsys.readouterr().out[:5]
+    assert main(["sample", "--run", str(float_run), "--quant", "int4", "--prompt", "The", "--temperature", "0",
+                 "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.startswith("The")
     assert main(["quant", "inspect", "--run", str(float_run), "--set", "quant.bits=3", "--eval-windows", "4",
                  "--json", str(tmp_path / "i.json")]) == 0
     out = capsys.readouterr().out

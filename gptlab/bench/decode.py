@@ -90,11 +90,10 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
     torch.manual_seed(0)
     model = GPT(cfg.model).eval().to(DTYPES[dtype])
     twin = hf_twin(model) if vs == "transformers" else None  # the float model a user would otherwise run
-    if quant == "int8":
-        from gptlab.config import QuantConfig
-        from gptlab.quant import quantize
+    if quant != "none":
+        from gptlab.quant import quantize_on_load
 
-        quantize(model, QuantConfig(bits=8, targets="all"))
+        quantize_on_load(model, quant)
     prompt = torch.randint(cfg.model.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
     bytes_per_token = weight_bytes_per_token(model)
     bound = bandwidth / bytes_per_token
@@ -107,17 +106,17 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
     m = cfg.model
     print(f"shape: {m.n_layer} layers, {m.n_head} heads, d {m.n_embd}, vocab {m.vocab_size}; batch 1, "
           f"prompt {prompt_len}, {new_tokens} new tokens, greedy, {dtype}"
-          f"{', int8 weights' if quant == 'int8' else ''}, {threads} threads, best of {repeats}")
+          f"{f', {quant} weights' if quant != 'none' else ''}, {threads} threads, best of {repeats}")
     print(f"read bandwidth (same run): {bandwidth / 1e9:6.1f} GB/s; weights read per token "
           f"{bytes_per_token / 1e6:.0f} MB → bound {bound:6.1f} tokens/s")
     print(f"gptlab:        {ours:8.1f} tokens/s   {100 * ours / bound:5.1f} % of the bandwidth bound")
-    if quant == "int8":
+    if quant != "none":
         from gptlab.quant import kernels
 
         from gptlab.quant import native
 
-        result["int8_kernel"] = kernels.status
-        print(f"int8 kernel:   {kernels.status}"
+        result["kernel"] = kernels.status
+        print(f"kernel:        {kernels.status}"
               + (f" (the C++ kernel is not used: {native.why_not})" if native.why_not else ""))
     if twin is not None:
         seconds, theirs_tokens = time_transformers(twin, prompt, new_tokens, repeats)

@@ -39,12 +39,31 @@ def _dequant_matmul(x: Tensor, w: Tensor, scale: Tensor) -> Tensor:
 _compiled_matmul = None
 
 
-def _native_fits(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None) -> bool:
-    """float32 inputs on the CPU without autograd (the kernel has no backward)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.int8 and w.is_contiguous()
+def _native_fits(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None, code_dtype=torch.int8) -> bool:
+    """float32 inputs on the CPU without autograd (the kernels have no backward), contiguous operands."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == code_dtype and w.is_contiguous()
             and scale.dtype == torch.float32 and scale.is_contiguous()
             and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))
             and not (torch.is_grad_enabled() and x.requires_grad))
+
+
+def int4_linear(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group: int,
+                bias: Tensor | None) -> Tensor | None:
+    """x @ ((codes − offset) · scale).T + bias for 4-bit codes packed two per byte (low nibble first), with one
+    scale and offset per (output row, group of `group` inputs), both (out, in / group); None when the C++ kernel
+    cannot take the call (more than NATIVE_MAX_ROWS rows, a group size not a multiple of 32, no kernel): the
+    caller then dequantizes."""
+    global status
+    rows, k = x.numel() // x.shape[-1], x.shape[-1]
+    if (rows > NATIVE_MAX_ROWS or group % 32 or k % group or not _native_fits(x, packed, scale, bias, torch.uint8)
+            or offset.dtype != torch.float32 or not offset.is_contiguous()):
+        return None
+    kernel = native.load()
+    if kernel is None:
+        return None
+    status = "gptlab int4 kernel (C++, AVX-512)"
+    y = kernel.int4_gemv(x.reshape(rows, k), packed, scale, offset, group, bias if bias is not None else x.new_empty(0))
+    return y.reshape(*x.shape[:-1], packed.shape[0])
 
 
 def int8_linear(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:

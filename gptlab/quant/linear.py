@@ -2,8 +2,8 @@
 
 Weights are stored as integers: int8 (symmetric) or uint8 (asymmetric) codes for 5-8 bits, two 4-bit codes per
 byte for 2-4 bits, with float32 scales (and zero points when asymmetric). Symmetric 5-8-bit weights with one
-scale per row or per tensor take the int8 kernels (`gptlab.quant.kernels`); other formats (asymmetric, groups,
-2-4 bits) dequantize and multiply. Activation
+scale per row or per tensor take the int8 kernels (`gptlab.quant.kernels`), 2-4-bit weights the 4-bit kernel
+(groups of a multiple of 32 inputs, a few rows); other cases dequantize and multiply. Activation
 quantization (dynamic per tensor / per token, or static per tensor) is simulated: inputs are rounded to
 `act_bits` integers and back, which gives the accuracy of an integer matmul without needing one.
 """
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gptlab.quant.fake import QuantSpec, compute_scales, from_codes, grouped, to_codes
-from gptlab.quant.kernels import int8_linear
+from gptlab.quant.kernels import int4_linear, int8_linear
 
 
 def pack_nibbles(u: Tensor) -> Tensor:
@@ -126,12 +126,32 @@ class QuantLinear(nn.Module):
             return self.scale.reshape(1).expand(self.out_features).contiguous()
         return self.scale[:, 0]
 
+    def group_scales(self) -> tuple[Tensor, Tensor, int]:
+        """(scale, offset, group size) with w = (stored nibble − offset) · scale, both (out, in / group); kept
+        until the scales or zero points change in place (set_weight, load_state_dict bump their versions)."""
+        key = (self.scale._version, self.scale.data_ptr(), getattr(self, "zero", self.scale)._version)
+        if getattr(self, "_group_scales", (None,))[0] != key:
+            self._group_scales = (key, *self._compute_group_scales())
+        return self._group_scales[1:]
+
+    def _compute_group_scales(self) -> tuple[Tensor, Tensor, int]:
+        group = self.spec.group_size or self.in_features
+        shape = (self.out_features, self.in_features // group)
+        scale = self.scale.reshape(self.scale.shape[0], -1).expand(shape).contiguous()
+        zero = (self.zero.reshape(self.zero.shape[0], -1).expand(shape) if not self.spec.symmetric
+                else torch.zeros(shape, device=scale.device))
+        return scale, (zero - self.spec.qmin).contiguous(), group
+
     def forward(self, x: Tensor) -> Tensor:
         if hasattr(self, "smooth"):
             x = x / self.smooth.to(x.dtype)
         x = self.quantize_input(x)
         if self.fast_int8:
             return int8_linear(x, self.qweight, self.row_scales(), self.bias)
+        if self.spec.bits <= 4:  # the C++ 4-bit kernel where it applies (a few rows, groups of 32k inputs)
+            y = int4_linear(x, self.qweight, *self.group_scales(), self.bias)
+            if y is not None:
+                return y
         w = self.dequantized().to(x.dtype)
         return F.linear(x, w, self.bias.to(x.dtype) if self.bias is not None else None)
 

@@ -129,3 +129,19 @@ def state_bytes(model: nn.Module) -> int:
     from gptlab.train.checkpoint import model_state
 
     return sum(t.numel() * t.element_size() for t in model_state(model).values())
+
+
+ON_LOAD = ("int8", "int4")  # `sample --quant`, `bench decode --quant`: weight formats applied to a float model
+
+
+def quantize_on_load(model: nn.Module, name: str) -> nn.Module:
+    """Every linear layer, head included, to int8 per channel or to int4 in groups of 32 inputs (per channel when
+    the width is not a multiple of 32): the formats gptlab's CPU kernels decode fastest (see lesson 4 for what each
+    costs in loss)."""
+    if name not in ON_LOAD:
+        raise ConfigError(f"unknown weight format {name!r}; choose one of {', '.join(ON_LOAD)}")
+    if name == "int8":
+        return quantize(model, QuantConfig(bits=8, targets="all"))
+    widths = {m.in_features for m in model.modules() if isinstance(m, nn.Linear)}
+    group = 32 if all(w % 32 == 0 for w in widths) else 0
+    return quantize(model, QuantConfig(bits=4, group_size=group, targets="all"))

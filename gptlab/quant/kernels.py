@@ -1,13 +1,14 @@
-"""The int8 weight-only matrix products used at inference: decoding one token at a time, prompts, evaluation.
+"""The integer weight-only matrix products used at inference: decoding one token at a time, prompts, evaluation.
 
 Decoding reads every weight once per token, so its speed is set by bytes read: int8 weights read a quarter of
-fp32's. Library int8 kernels (`torch._weight_int8pack_mm`, torchao's weight-only int8) are slower than fp32 on
-2-core AVX-512 CPUs. In order of preference:
-1. gptlab's C++ kernel (csrc/int8_gemv.cpp, built on first use, see `native`) for up to NATIVE_MAX_ROWS rows:
+fp32's, 4-bit ones an eighth. Library int8 kernels (`torch._weight_int8pack_mm`, torchao's weight-only int8) are
+slower than fp32 on 2-core AVX-512 CPUs. int8, in order of preference:
+1. gptlab's C++ kernel (csrc/int_gemv.cpp, built on first use, see `native`) for up to NATIVE_MAX_ROWS rows:
    about 2.5× faster than fp32 `F.linear` over a 124M model's layers;
 2. a dequantize-multiply-sum fused by `torch.compile` (≤ MAX_GEMV_ROWS rows; ~1.5× fp32 with weights streaming
    from memory, ~2× in cache), or a compiled dequantize + matmul for more rows;
 3. dequantize + `F.linear` in eager mode (slower than fp32: the float weights are rebuilt on every call).
+4-bit (`int4_linear`): the C++ kernel (about 4× fp32 over the same layers), else the caller dequantizes.
 `status` says which one ran last, for the decode benchmark.
 """
 

@@ -1,9 +1,9 @@
-"""Building and loading gptlab's C++ int8 kernel (csrc/int8_gemv.cpp) on first use.
+"""Building and loading gptlab's C++ integer kernels (csrc/int_gemv.cpp: int8 and 4-bit weights) on first use.
 
-The kernel is compiled once per machine with torch's extension builder (a C++ compiler and ninja; the `ninja`
+The kernels are compiled once per machine with torch's extension builder (a C++ compiler and ninja; the `ninja`
 package is a gptlab dependency) into ~/.cache/gptlab/kernels (or $GPTLAB_KERNEL_CACHE), ~20 s the first time,
-then loaded in well under a second. It needs AVX-512; where it cannot be had (another CPU, no compiler) `load()` returns None with the reason
-in `why_not`, and callers use the torch.compile path instead.
+then loaded in well under a second. They need AVX-512; where they cannot be had (another CPU, no compiler)
+`load()` returns None with the reason in `why_not`, and callers take the torch.compile or dequantizing paths.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "int8_gemv.cpp"
+SOURCE = Path(__file__).with_name("csrc") / "int_gemv.cpp"
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp"]
 STALE_LOCK_S = 600  # a build takes ~20 s; a lock this old was left by a killed build
 
@@ -45,7 +45,7 @@ def build_directory() -> Path:
     """
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + torch.__version__.encode()).hexdigest()
     root = Path(os.environ.get("GPTLAB_KERNEL_CACHE", Path.home() / ".cache" / "gptlab" / "kernels"))
-    directory = root / f"int8_gemv-{digest[:16]}"
+    directory = root / f"int_gemv-{digest[:16]}"
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / "lock"
     if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
@@ -71,10 +71,10 @@ def load():
 
                 _put_ninja_on_path()
                 directory = build_directory()
-                if not (directory / "gptlab_int8_gemv.so").is_file():  # say why the first int8 call takes a while
-                    print("building gptlab's int8 kernel (first use on this machine, ~20 s) ...", file=sys.stderr,
+                if not (directory / "gptlab_int_gemv.so").is_file():  # say why the first call takes a while
+                    print("building gptlab's integer kernels (first use on this machine, ~20 s) ...", file=sys.stderr,
                           flush=True)
-                _module = build("gptlab_int8_gemv", [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+                _module = build("gptlab_int_gemv", [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
                                 build_directory=str(directory), verbose=False)
             except Exception as e:  # no compiler, no ninja, a failed build: the result is the same, only slower
                 why_not = f"it could not be built ({type(e).__name__}: {str(e).strip().splitlines()[-1][:200]})"

@@ -210,8 +210,8 @@ class QuantizationLesson(Lesson):
                                   f"greedy, {DECODE_TOKENS} new tokens from a one-token prompt with the KV cache, "
                                   "best of 3, quantized vs the same float model in the same cell (with --jobs 2 "
                                   "another cell shares the machine, so read ratios, not absolute speeds). "
-                                  "Symmetric 5-8-bit codes per channel or per tensor run on the int8 kernel; groups "
-                                  "and 2-4-bit codes dequantize their weights on every call. At this model size per-token overhead, not bytes read, "
+                                  "Symmetric 5-8-bit codes per channel or per tensor run on the int8 kernel, 2-4-bit "
+                                  "codes on the 4-bit kernel; 5-8-bit groups dequantize their weights on every call. At this model size per-token overhead, not bytes read, "
                                   "sets the speed; `gptlab bench decode --quant int8` measures the GPT-2 124M shape."),
                        Block("table", items=size_rows)]
         layer_blocks = layer_report(results, directory)

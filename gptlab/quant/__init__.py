@@ -7,5 +7,5 @@ from gptlab.quant.ptq import (ON_LOAD, quantize, quantize_on_load, quantized_lay
                               state_bytes, target_filter)
 from gptlab.quant.qat import QATLinear, convert_qat, prepare_qat, qat_layers
 
-__all__ = ["QuantSpec", "fake_quant", "QuantLinear", "ON_LOAD", "quantize", "quantize_on_load", "quantized_layers", "quantized_structure",
-           "state_bytes", "target_filter", "QATLinear", "convert_qat", "prepare_qat", "qat_layers"]
+__all__ = ["QuantSpec", "fake_quant", "QuantLinear", "ON_LOAD", "quantize", "quantize_on_load", "quantized_layers",
+           "quantized_structure", "state_bytes", "target_filter", "QATLinear", "convert_qat", "prepare_qat", "qat_layers"]

@@ -200,7 +200,8 @@ class QuantizationLesson(Lesson):
                 speed = results.values(f"w{b}", v, "decode_tokens_per_s")
                 float_speed = results.values(f"w{b}", v, "float_decode_tokens_per_s")
                 if sizes:
-                    size_rows.append([f"int{b} {v}", f"{np.mean(sizes):,.0f}", f"{np.mean(sizes) / np.mean(floats):.0%}",
+                    size_rows.append([f"int{b} {v}", f"{np.mean(sizes):,.0f}",
+                                      f"{np.mean(sizes) / np.mean(floats):.0%}",
                                       f"{np.mean(speed):,.0f}" if speed else "—",
                                       f"{np.mean(speed) / np.mean(float_speed):.2f}×" if speed else "—"])
         if len(size_rows) > 1:
@@ -211,8 +212,9 @@ class QuantizationLesson(Lesson):
                                   "best of 3, quantized vs the same float model in the same cell (with --jobs 2 "
                                   "another cell shares the machine, so read ratios, not absolute speeds). "
                                   "Symmetric 5-8-bit codes per channel or per tensor run on the int8 kernel, 2-4-bit "
-                                  "codes on the 4-bit kernel; 5-8-bit groups dequantize their weights on every call. At this model size per-token overhead, not bytes read, "
-                                  "sets the speed; `gptlab bench decode --quant int8` measures the GPT-2 124M shape."),
+                                  "codes on the 4-bit kernel; 5-8-bit groups dequantize their weights on every call. "
+                                  "At this model size per-token overhead, not bytes read, sets the speed; "
+                                  "`gptlab bench decode --quant int8|int4` measures the GPT-2 124M shape."),
                        Block("table", items=size_rows)]
         layer_blocks = layer_report(results, directory)
         blocks += layer_blocks

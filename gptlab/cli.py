@@ -6,7 +6,7 @@ Errors in the user's input end the command with one line on stderr and exit code
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 from pathlib import Path
 
@@ -32,6 +32,49 @@ examples:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the usage is one `--help` away), exit code 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see `{self.prog} --help`\n")
+
+
+def count(low: int, high: int = 2**63 - 1):
+    """An argparse type: an integer in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}" if high < 2**63 - 1
+                                             else f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def number(low: float, high: float = math.inf, low_open: bool = False, what: str = ""):
+    """An argparse type: a finite number in [low, high] (or (low, high] with `low_open`)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+            span = f"{'(' if low_open else '['}{low:g}, {high:g}]" if math.isfinite(high) else \
+                f"{'>' if low_open else '>='} {low:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {span}{what}, got {text!r}")
+        return value
+    return parse
+
+
+def output_file(text: str) -> str:
+    """An argparse type: a file to write (not an existing folder)."""
+    if not text or Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory, not a file name; give a file path")
+    return text
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config values, nested as model: {n_layer: 4}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -42,7 +85,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from gptlab.data import prepare
 
     meta = prepare(args.corpus, args.out, args.tokenizer, args.vocab_size, args.val_fraction, args.tiktoken_file,
-                   args.tokenizer_from)
+                   args.tokenizer_from, args.overwrite)
     print(f"wrote {args.out}: {meta['tokenizer']} tokenizer, vocab {meta['vocab_size']}, "
           f"{meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
           f"({meta['documents']} documents, split by {meta['split']['by']})")
@@ -121,12 +164,12 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_merge(args: argparse.Namespace) -> None:
     from gptlab.adapters.merge import merge_adapter
 
-    diff = merge_adapter(args.run, args.adapter, args.out)
+    diff = merge_adapter(args.run, args.adapter, args.out, args.overwrite)
     print(f"wrote {args.out}: {args.run} with {args.adapter} merged in (verified: max |Δlogits| {diff:.1e})")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from gptlab.generate import StreamingDecoder, generate
+    from gptlab.generate import StreamingDecoder, check_prompt, generate
     from gptlab.run import load_model, set_threads
 
     set_threads()
@@ -137,13 +180,15 @@ def cmd_sample(args: argparse.Namespace) -> None:
     else:
         model, tok, _ = load_model(args.run, args.checkpoint, quant=args.quant)
     prompt = args.prompt if args.prompt is not None else ("\n" if tok.eot_id is None else None)
+    ids = tok.encode(prompt) if prompt is not None else [tok.eot_id]
+    check_prompt(model, ids, args.max_new_tokens)  # before anything is printed
     for i in range(args.num_samples):
-        ids = tok.encode(prompt) if prompt is not None else [tok.eot_id]
+        seed = None if args.seed is None else args.seed + i
+        tokens = generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, seed)
         if prompt:
             sys.stdout.write(prompt)
         decoder = StreamingDecoder(tok)
-        seed = None if args.seed is None else args.seed + i
-        for t in generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, seed):
+        for t in tokens:
             sys.stdout.write(decoder.push(t))
             sys.stdout.flush()
         sys.stdout.write(decoder.flush() + "\n")
@@ -154,16 +199,20 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from gptlab.data import load_data
     from gptlab.evaluate import evaluate
-    from gptlab.run import load_model, run_data_dir, set_threads
+    from gptlab.run import check_data_for_run, load_model, run_data_dir, set_threads
 
     set_threads()
-    model, _, cfg = load_model(args.run, args.checkpoint, overrides=args.overrides)
-    data = load_data(run_data_dir(args.run, args.data))
-    split = data.val if args.split == "val" else data.train
     try:
-        lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else [cfg.model.block_size]
+        lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else []
     except ValueError:
         raise GptlabError(f"--lengths {args.lengths!r}: expected comma-separated integers, e.g. 64,128,256") from None
+    if any(n < 1 for n in lengths):
+        raise GptlabError(f"--lengths {args.lengths!r}: every length must be at least 1")
+    model, tok, cfg = load_model(args.run, args.checkpoint, overrides=args.overrides)
+    data = load_data(run_data_dir(args.run, args.data))
+    check_data_for_run(args.run, tok, data)
+    split = data.val if args.split == "val" else data.train
+    lengths = lengths or [cfg.model.block_size]
     rows, curves = [], {}
     for length in lengths:
         try:
@@ -197,7 +246,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     from gptlab.run import load_run_config, set_threads
 
     set_threads()
-    r = quantize_run(args.run, args.out, args.overrides, args.data, args.eval_windows)
+    r = quantize_run(args.run, args.out, args.overrides, args.data, args.eval_windows, args.overwrite)
     q = load_run_config(args.out).quant
     print(f"wrote {args.out}: {describe(q)}")
     print(f"  val loss {r['val_loss_float']:.4f} (float) → {r['val_loss_quantized']:.4f} (quantized), "
@@ -228,14 +277,14 @@ def cmd_quant(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from gptlab.interop.hf import export_hf
 
-    diff = export_hf(args.run, args.out, args.checkpoint)
+    diff = export_hf(args.run, args.out, args.checkpoint, args.overwrite)
     print(f"wrote {args.out}: transformers GPT2LMHeadModel + tokenizer (verified: max |Δlogits| {diff:.1e})")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
     from gptlab.interop.hf import import_hf
 
-    diff = import_hf(args.hf_dir, args.out, args.allow_pickle)
+    diff = import_hf(args.hf_dir, args.out, args.allow_pickle, args.overwrite)
     print(f"wrote run {args.out} from {args.hf_dir} (verified: max |Δlogits| {diff:.1e})")
 
 
@@ -291,7 +340,7 @@ def cmd_lab(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gptlab", description="Build, train, sample and evaluate GPT-2-style models from scratch.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -301,12 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Built-in corpora: shakespeare, shakespeare-plays, shakespeare-poems.")
     p.add_argument("--corpus", required=True, help="a text file, a folder of .txt files, or a built-in name")
     p.add_argument("--tokenizer", choices=["char", "bpe", "gpt2"], default="char")
-    p.add_argument("--vocab-size", type=int, help="vocabulary size for a trained BPE tokenizer (default 4096)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share held out for validation (default 0.1)")
+    p.add_argument("--vocab-size", type=count(2, 2**31), help="vocabulary size for a trained BPE tokenizer (default 4096)")
+    p.add_argument("--val-fraction", type=number(0, 1, low_open=True), default=0.1, help="share held out for validation (default 0.1)")
     p.add_argument("--tiktoken-file", help="local r50k_base.tiktoken ranks file for --tokenizer gpt2 (offline)")
     p.add_argument("--tokenizer-from", metavar="DIR", help="reuse a saved tokenizer, e.g. RUN_DIR/tokenizer of "
                    "an imported model (overrides --tokenizer)")
     p.add_argument("--out", required=True, metavar="DATA_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a data directory "
+                   "(anything else is never overwritten)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train a model (or resume a run)",
@@ -317,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
     p.add_argument("--init-from", metavar="RUN_DIR", help="start from this run's weights and model config "
                    "(fine-tuning, e.g. a model made by `gptlab import hf`)")
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
+    p.add_argument("--nproc", type=count(1, 1024), default=1, metavar="N",
                    help="data-parallel processes, launched with torchrun (gloo on CPU, nccl on GPU); "
                    "train.batch_size stays the global batch, so the run follows the single-process one (default 1; "
                    "`torchrun --nproc_per_node=N -m gptlab train ...` does the same)")
@@ -345,18 +396,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, metavar="BASE_RUN")
     p.add_argument("--adapter", required=True, metavar="ADAPTER_DIR")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a model written by "
+                   "merge, quantize or import (anything else is never overwritten)")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("sample", help="generate text from a trained run",
                        description="Generate text with the KV cache, streaming it to the terminal.")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--prompt", help="text to continue (default: start of a document)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, help="sample among the most likely tokens whose probability sums to p")
-    p.add_argument("--seed", type=int, help="make sampling repeatable")
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=count(1), default=200)
+    p.add_argument("--temperature", type=number(0), default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=count(1), help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=number(0, 1, low_open=True), help="sample among the most likely tokens whose probability sums to p")
+    p.add_argument("--seed", type=count(0, 2**63 - 1 - 10**6), help="make sampling repeatable")
+    p.add_argument("--num-samples", type=count(1, 10**6), default=1)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--adapter", metavar="ADAPTER_DIR", help="add a LoRA adapter (gptlab finetune or PEFT) to --run")
     p.add_argument("--quant", choices=["none", "int8", "int4"], default="none", help="quantize the weights of "
@@ -380,9 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "quant.calib_batches")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a model written by "
+                   "merge, quantize or import (anything else is never overwritten)")
     p.add_argument("--data", metavar="DATA_DIR", help="calibration and evaluation data (default: the run's)")
-    p.add_argument("--eval-windows", type=int, default=64, help="validation windows for the before/after loss")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--eval-windows", type=count(1), default=64, help="validation windows for the before/after loss")
+    p.add_argument("--json", metavar="FILE", type=output_file, help="also write the figures as JSON")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a quant.* setting, e.g. --set quant.bits=4 (repeatable)")
     p.set_defaults(func=cmd_quantize)
@@ -392,9 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = qsub.add_parser("inspect", help="per-layer weight/activation statistics and sensitivity of a float run")
     q.add_argument("--run", required=True, metavar="RUN_DIR")
     q.add_argument("--data", metavar="DATA_DIR", help="calibration and evaluation data (default: the run's)")
-    q.add_argument("--eval-windows", type=int, default=32, help="validation windows per sensitivity evaluation")
+    q.add_argument("--eval-windows", type=count(1), default=32, help="validation windows per sensitivity evaluation")
     q.add_argument("--no-sensitivity", action="store_true", help="statistics only (skip the per-layer evaluations)")
-    q.add_argument("--json", metavar="FILE", help="also write the statistics as JSON")
+    q.add_argument("--json", metavar="FILE", type=output_file, help="also write the statistics as JSON")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="the quant.* config the sensitivity uses, e.g. --set quant.bits=4")
     q.set_defaults(func=cmd_quant)
@@ -404,10 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DATA_DIR", help="default: the data the run was trained on")
     p.add_argument("--split", choices=["val", "train"], default="val")
     p.add_argument("--lengths", help="comma-separated context lengths, e.g. 64,128,256 (default: block_size)")
-    p.add_argument("--max-windows", type=int, help="evaluate on at most this many windows per length")
+    p.add_argument("--max-windows", type=count(1), help="evaluate on at most this many windows per length")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--json", metavar="FILE", help="also write the results (with per-position losses) as JSON")
-    p.add_argument("--plot", metavar="FILE.png", help="plot the loss at each position for every length")
+    p.add_argument("--json", metavar="FILE", type=output_file, help="also write the results (with per-position losses) as JSON")
+    p.add_argument("--plot", metavar="FILE.png", type=output_file, help="plot the loss at each position for every length")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="read positions differently, without retraining: model.rope_scaling=linear|ntk|yarn with "
                         "model.rope_scaling_factor=F, or model.learned_overflow=clamp")
@@ -417,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The built-in tour: char-level Shakespeare, a few minutes of training on 2 "
                                    "cores, samples, and a report with a loss curve in OUT/run.")
     p.add_argument("--out", default="runs/quickstart", help="default: runs/quickstart")
-    p.add_argument("--max-steps", type=int, help="shorten or lengthen training")
+    p.add_argument("--max-steps", type=count(1), help="shorten or lengthen training")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_quickstart)
 
@@ -425,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("format", choices=["hf"])
     p.add_argument("--run", required=True, metavar="RUN_DIR")
     p.add_argument("--out", required=True, metavar="HF_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a transformers "
+                   "GPT-2 directory (anything else is never overwritten)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.set_defaults(func=cmd_export)
 
@@ -432,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("format", choices=["hf"])
     p.add_argument("hf_dir", metavar="HF_DIR")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a model written by "
+                   "merge, quantize or import (anything else is never overwritten)")
     p.add_argument("--allow-pickle", action="store_true", help="accept a pytorch_model.bin, loaded with "
                    "torch.load(weights_only=True); safetensors needs no flag")
     p.set_defaults(func=cmd_import)
@@ -451,9 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--profile", default="quick", help="quick (minutes, for a first look and tests) or full "
                    "(the real experiment, up to an hour on 2 cores); default quick")
     q.add_argument("--out", metavar="DIR", help="default: runs/lab/LESSON-PROFILE")
-    q.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes, sharing the cores "
+    q.add_argument("--jobs", type=count(1, 256), default=1, help="cells run in parallel processes, sharing the cores "
                    "(default 1)")
-    q.add_argument("--seeds", type=int, help="seeds per arm (default: the profile's)")
+    q.add_argument("--seeds", type=count(2, 10**4), help="seeds per arm (default: the profile's)")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every cell, e.g. --set train.max_steps=100")
     q.add_argument("--redo-changed", action="store_true", help="rerun cells whose saved config differs from "
@@ -474,11 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "the reference recipe and gptlab's fast recipe (--set changes the fast one), side by side.")
     p.add_argument("what", choices=["train", "decode", "time-to-loss"], help="what to measure")
     _add_config_args(p)
-    p.add_argument("--steps", type=int, default=20, help="train: timed optimizer steps (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="train: untimed steps first (default 3)")
-    p.add_argument("--prompt-tokens", type=int, default=16, help="decode: prompt length (default 16)")
-    p.add_argument("--new-tokens", type=int, default=128, help="decode: tokens generated (default 128)")
-    p.add_argument("--repeats", type=int, default=3, help="decode: timed generations, the fastest counts "
+    p.add_argument("--steps", type=count(1), default=20, help="train: timed optimizer steps (default 20)")
+    p.add_argument("--warmup", type=count(0), default=3, help="train: untimed steps first (default 3)")
+    p.add_argument("--prompt-tokens", type=count(1), default=16, help="decode: prompt length (default 16)")
+    p.add_argument("--new-tokens", type=count(1), default=128, help="decode: tokens generated (default 128)")
+    p.add_argument("--repeats", type=count(1), default=3, help="decode: timed generations, the fastest counts "
                    "(default 3)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="decode: weight and cache dtype (default float32)")
@@ -487,12 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "stays fp32, the baseline a user would otherwise run")
     p.add_argument("--corpus", metavar="PATH", help="time-to-loss: tinyshakespeare.txt (default: "
                    "../shared/data/tinyshakespeare.txt when present)")
-    p.add_argument("--target", type=float, default=1.886, help="time-to-loss: val loss to reach (default 1.886, "
+    p.add_argument("--target", type=number(0, low_open=True), default=1.886, help="time-to-loss: val loss to reach (default 1.886, "
                    "the reference recipe's final val loss)")
-    p.add_argument("--check-every", type=int, default=50, help="time-to-loss: steps between val checks (default 50)")
-    p.add_argument("--threads", type=int, default=0, help="time-to-loss: intra-op threads (default: one per core)")
+    p.add_argument("--check-every", type=count(1), default=50, help="time-to-loss: steps between val checks (default 50)")
+    p.add_argument("--threads", type=count(0, 4096), default=0, help="time-to-loss: intra-op threads (default: one per core)")
     p.add_argument("--vs", choices=["transformers"], help="also time transformers' GPT2LMHeadModel, same shape")
-    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--json", metavar="FILE", type=output_file, help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -11,10 +11,9 @@ Every document is followed by the end-of-text token when the tokenizer has one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,11 +23,15 @@ import torch
 
 from gptlab.corpus import Document, corpus_sha256, load_corpus
 from gptlab.errors import DataError
-from gptlab.io import replace_dir
+from gptlab.io import check_output_dir, replace_dir, temp_dir_beside
 from gptlab.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer, encode_many, load_tokenizer
 
 MIN_DOCS_FOR_DOC_SPLIT = 10
 TokenizerKind = Literal["char", "bpe", "gpt2"]
+
+
+def is_data_dir(path: Path) -> bool:
+    return (path / "meta.json").is_file() and (path / "train.bin").is_file() and not (path / "config.yaml").exists()
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -62,13 +65,16 @@ def _stream(tok: Tokenizer, docs: list[Document]) -> np.ndarray:
 
 def prepare(corpus: str | Path, out: str | Path, tokenizer: TokenizerKind = "char", vocab_size: int | None = None,
             val_fraction: float = 0.1, tiktoken_file: str | Path | None = None,
-            tokenizer_from: str | Path | None = None) -> dict:
+            tokenizer_from: str | Path | None = None, overwrite: bool = False) -> dict:
     """Tokenize `corpus` into the data directory `out`; returns its meta.json contents.
 
     `tokenizer_from` reuses a saved tokenizer (a run's or a data directory's `tokenizer/`) instead of making one.
+    A non-empty `out` is refused unless it is a data directory and `overwrite` is set.
     """
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    out = Path(out)
+    check_output_dir(out, "gptlab data directory", is_data_dir, overwrite)
     docs = load_corpus(corpus)
     tok = load_tokenizer(tokenizer_from) if tokenizer_from else build_tokenizer(tokenizer, docs, vocab_size,
                                                                                   tiktoken_file)
@@ -88,11 +94,10 @@ def prepare(corpus: str | Path, out: str | Path, tokenizer: TokenizerKind = "cha
         "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
         "dtype": str(token_dtype(tok.vocab_size)), "train_tokens": int(len(train)), "val_tokens": int(len(val)),
         "documents": len(docs), "split": split, "source": str(corpus), "source_sha256": corpus_sha256(docs),
+        "tokens_sha256": {"train": hashlib.sha256(train.tobytes()).hexdigest(),
+                          "val": hashlib.sha256(val.tobytes()).hexdigest()},
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with temp_dir_beside(out) as tmp:
         train.tofile(tmp / "train.bin")
         val.tofile(tmp / "val.bin")
         tok.save(tmp / "tokenizer")
@@ -101,8 +106,6 @@ def prepare(corpus: str | Path, out: str | Path, tokenizer: TokenizerKind = "cha
             with open(tmp / f, "rb") as fh:
                 os.fsync(fh.fileno())
         replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 
@@ -120,6 +123,17 @@ class TokenData:
 
     def tokenizer(self) -> Tokenizer:
         return load_tokenizer(self.tokenizer_dir)
+
+    def check_unchanged(self) -> None:
+        """The token files still hold what `prepare` wrote (content hashes in meta.json); data directories made
+        before hashes were recorded pass unchecked."""
+        recorded = self.meta.get("tokens_sha256")
+        if not isinstance(recorded, dict):
+            return
+        for name, arr in (("train", self.train), ("val", self.val)):
+            if hashlib.sha256(np.asarray(arr).tobytes()).hexdigest() != recorded.get(name):
+                raise DataError(f"{self.directory}/{name}.bin was changed after `gptlab prepare` wrote it (its "
+                                "content hash differs from meta.json); prepare the data again")
 
     def check_fits(self, block_size: int) -> None:
         for name, arr in (("train", self.train), ("val", self.val)):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from gptlab.errors import GptlabError
+from gptlab.memory import kv_cache_bytes, require_memory
 from gptlab.model import GPT
 from gptlab.tokenizers import Tokenizer
 
@@ -35,25 +37,58 @@ def next_token(logits: Tensor, temperature: float, top_k: int | None, top_p: flo
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
-def generate(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, seed: int | None = None, use_cache: bool = True) -> Iterator[int]:
-    """Yield `max_new_tokens` new token ids one at a time.
+FIRST_CACHE = 1024  # positions allocated up front for a model without a position limit; grown as needed
 
-    A model with a bounded position table (learned positions) keeps a sliding window: when the context is
-    full, the cache is rebuilt from the last three quarters of the window and decoding continues.
-    """
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if max_new_tokens < 0:
+        raise GptlabError(f"max new tokens must be >= 0, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise GptlabError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise GptlabError(f"top-k must be at least 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise GptlabError(f"top-p must be in (0, 1], got {top_p}")
+
+
+def check_prompt(model: GPT, prompt: list[int], max_new_tokens: int = 0) -> None:
+    """The prompt fits the model's context and the KV cache of the whole generation fits in memory."""
     if not prompt:
         raise GptlabError("the prompt is empty; give at least one token of text")
     limit = model.max_positions()
     if limit is not None and len(prompt) > limit:
         raise GptlabError(f"the prompt is {len(prompt)} tokens but this model's context is {limit} "
                           "(model.block_size, learned positions); shorten the prompt")
+    positions = limit if limit is not None else len(prompt) + max_new_tokens
+    require_memory(kv_cache_bytes(model.cfg, positions), f"the KV cache of {positions:,} positions",
+                   "ask for fewer new tokens")
+
+
+def generate(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, seed: int | None = None, use_cache: bool = True) -> Iterator[int]:
+    """Yield `max_new_tokens` new token ids one at a time. The arguments are checked when it is called, before
+    the first token is asked for.
+
+    A model with a bounded position table (learned positions) keeps a sliding window: when the context is
+    full, the cache is rebuilt from the last three quarters of the window and decoding continues. Without a
+    bound the cache grows as the text does.
+    """
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_prompt(model, prompt, max_new_tokens)
+    return _decode(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache)
+
+
+@torch.no_grad()
+def _decode(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int | None,
+            top_p: float | None, seed: int | None, use_cache: bool) -> Iterator[int]:
+    if max_new_tokens == 0:
+        return
+    limit = model.max_positions()
     device = model.wte.weight.device
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     tokens = list(prompt)
     capacity = limit if limit is not None else len(prompt) + max_new_tokens
-    cache = model.new_cache(1, capacity) if use_cache else None
+    cache = model.new_cache(1, min(capacity, len(prompt) + FIRST_CACHE)) if use_cache else None
     logits = model(torch.tensor([tokens], device=device), cache=cache)[:, -1]
     for i in range(max_new_tokens):
         tok = next_token(logits, temperature, top_k, top_p, generator)
@@ -65,6 +100,7 @@ def generate(model: GPT, prompt: list[int], max_new_tokens: int, temperature: fl
             window = tokens[-limit:] if limit is not None else tokens
             logits = model(torch.tensor([window], device=device))[:, -1]
         elif cache.length < capacity:
+            cache.reserve(cache.length + 1)
             logits = model(tok.view(1, 1), cache=cache)[:, -1]
         else:  # the window is full: restart it on the most recent tokens
             cache.reset()

@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 from gptlab.config import build_config
-from gptlab.data import prepare
+from gptlab.data import is_data_dir, load_data, prepare
 from gptlab.generate import generate
 from gptlab.report import write_summary
 from gptlab.run import is_run, load_model
@@ -22,7 +22,9 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
     overrides = list(overrides or []) + ([f"train.max_steps={max_steps}"] if max_steps else [])
     t0 = time.perf_counter()
     print("1/3 preparing the complete works of Shakespeare (char level) ...", flush=True)
-    meta = prepare("shakespeare", out / "data", "char")
+    data_dir = out / "data"
+    # an interrupted quickstart reuses its data (a resume checks the token files are unchanged)
+    meta = load_data(data_dir).meta if is_data_dir(data_dir) else prepare("shakespeare", data_dir, "char")
     print(f"    {meta['train_tokens']:,} train / {meta['val_tokens']:,} val characters, vocabulary {meta['vocab_size']}, "
           f"{len(meta['split']['val_documents'])} works held out for validation", flush=True)
     run_dir = out / "run"

@@ -19,7 +19,8 @@ import torch
 from gptlab.config import RunConfig, build_config, save_yaml
 from gptlab.data import TokenData
 from gptlab.errors import CheckpointError
-from gptlab.io import atomic_write_json
+from gptlab.memory import model_bytes, require_memory
+from gptlab.io import atomic_write_json, check_output_dir, writing
 from gptlab.model import GPT
 from gptlab.tokenizers import Tokenizer, load_tokenizer
 from gptlab.train.checkpoint import load_checkpoint, load_model_state
@@ -39,16 +40,34 @@ def is_run(run_dir: str | Path) -> bool:
     return (Path(run_dir) / "config.yaml").is_file()
 
 
-def create_run(run_dir: str | Path, cfg: RunConfig, data: TokenData, info: dict | None = None) -> None:
+RUN_FILES = ("config.yaml", "run.json", "tokenizer", "metrics.jsonl", "checkpoints", "tensorboard")
+
+
+def check_run_out(run_dir: str | Path) -> None:
+    """`run_dir` may receive a new run: it is absent, holds none of a run's files (other files stay untouched,
+    e.g. a lesson cell's cell.json), or is a run that never saved a checkpoint (nothing resumable to lose)."""
     run_dir = Path(run_dir)
-    if (run_dir / "checkpoints").exists() or is_run(run_dir):
+    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        raise CheckpointError(f"{run_dir} exists and is not a directory; choose another --out")
+    if (run_dir / "checkpoints" / "last.json").exists():
         raise CheckpointError(f"{run_dir} already holds a run; continue it with `gptlab train --resume {run_dir}` "
                               "or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, run_dir / "config.yaml")
+    clash = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if clash and not is_run(run_dir):
+        raise CheckpointError(f"{run_dir} holds {', '.join(clash)} but is not a gptlab run; nothing was changed: "
+                              "choose another --out")
+
+
+def create_run(run_dir: str | Path, cfg: RunConfig, data: TokenData, info: dict | None = None) -> None:
+    run_dir = Path(run_dir)
+    check_run_out(run_dir)
+    save_yaml(cfg, run_dir / "config.yaml")  # first: from here on a rerun sees a run that it may start again
     atomic_write_json(run_dir / "run.json", {"data": str(data.directory.resolve()), "tokenizer": data.meta["tokenizer"],
-                                             "source_sha256": data.meta.get("source_sha256"), **(info or {})})
-    shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer", dirs_exist_ok=True)
+                                             "source_sha256": data.meta.get("source_sha256"),
+                                             "tokens_sha256": data.meta.get("tokens_sha256"), **(info or {})})
+    with writing(run_dir):
+        shutil.rmtree(run_dir / "tokenizer", ignore_errors=True)  # of a start that never saved a checkpoint
+        shutil.copytree(data.tokenizer_dir, run_dir / "tokenizer")
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -67,25 +86,78 @@ def run_info(run_dir: str | Path) -> dict:
         raise CheckpointError(f"{path} is missing or corrupt; the run directory is damaged") from None
 
 
-def write_model_run(out: str | Path, cfg: RunConfig, tok: Tokenizer, model: GPT, info: dict) -> None:
-    """A run directory holding `model` as its only checkpoint (step 0), built in a temp folder and renamed."""
-    import tempfile
+def is_run_output(path: Path) -> bool:
+    """A run directory that a single command wrote whole (import, merge, quantize): step-0 checkpoint only."""
+    return is_run(path) and not (path / "metrics.jsonl").exists()
 
-    from gptlab.io import replace_dir
+
+def check_model_run_out(out: str | Path, overwrite: bool = False) -> None:
+    """Refuse `out` unless it is absent, empty, or (with `overwrite`) a run written by import/merge/quantize."""
+    check_output_dir(out, "model written by gptlab import/merge/quantize", is_run_output, overwrite)
+
+
+def write_model_run(out: str | Path, cfg: RunConfig, tok: Tokenizer, model: GPT, info: dict,
+                    overwrite: bool = False) -> None:
+    """A run directory holding `model` as its only checkpoint (step 0), built in a temp folder and renamed.
+
+    Weights that are not finite are refused: no command writes a model that cannot be used."""
+    from gptlab.io import replace_dir, temp_dir_beside
+    from gptlab.tensorfile import require_finite
     from gptlab.train.checkpoint import Checkpoint, model_state, save_checkpoint
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise CheckpointError(f"{out} already exists and is not empty; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        tmp = Path(tmp) / "run"
+    check_model_run_out(out, overwrite)
+    state = model_state(model)
+    require_finite(state, f"the model for {out} (nothing was written)")
+    with temp_dir_beside(out) as tmp:
+        tmp = tmp / "run"
         tmp.mkdir()
         save_yaml(cfg, tmp / "config.yaml")
         atomic_write_json(tmp / "run.json", {"data": None, "tokenizer": tok.kind, **info})
         tok.save(tmp / "tokenizer")
-        save_checkpoint(tmp, Checkpoint(step=0, model=model_state(model), meta=info), ("last", "best"))
+        save_checkpoint(tmp, Checkpoint(step=0, model=state, meta=info), ("last", "best"))
         replace_dir(tmp, out)
+
+
+def _files_digest(directory: Path) -> str | None:
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        for f in sorted(p for p in directory.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(directory)).encode() + b"\0" + f.read_bytes() + b"\0")
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def same_tokenizer(tok: Tokenizer, tok_dir: Path, data: TokenData) -> bool:
+    """Whether `data` was tokenized by `tok` (saved in `tok_dir`): the same files, or else the same ids for the
+    data's own text (its first tokens, decoded by the data's tokenizer and encoded again by `tok`)."""
+    from gptlab.errors import GptlabError
+
+    digest = _files_digest(tok_dir)
+    if digest is not None and digest == _files_digest(data.tokenizer_dir):
+        return True
+    if data.meta.get("vocab_size") != tok.vocab_size:
+        return False
+    sample = [int(t) for t in data.train[:2000]]
+    if data.meta.get("eot_id") in sample:
+        sample = sample[: sample.index(data.meta["eot_id"])]
+    try:
+        keep = max(1, len(sample) - 16)  # the slice may end mid-word, which encodes differently
+        return tok.encode(data.tokenizer().decode(sample))[:keep] == sample[:keep]
+    except GptlabError:
+        return False
+
+
+def check_data_for_run(run_dir: str | Path, tok: Tokenizer, data: TokenData) -> None:
+    """Refuse data that the run's tokenizer did not make: its loss would be meaningless."""
+    run_dir = Path(run_dir)
+    if not same_tokenizer(tok, run_dir / "tokenizer", data):
+        raise CheckpointError(f"{data.directory} was tokenized with another tokenizer than {run_dir} "
+                              f"({data.meta.get('vocab_size')} vs {tok.vocab_size} tokens, or other ids); prepare it "
+                              f"with `gptlab prepare --tokenizer-from {run_dir / 'tokenizer'}`")
 
 
 def run_data_dir(run_dir: str | Path, data_dir: str | Path | None = None) -> Path:
@@ -119,6 +191,10 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu",
                               f"{', '.join(EVAL_TIME_KEYS)} may be set")
     cfg = apply_overrides(cfg, overrides or [])
     ckpt = load_checkpoint(run_dir, which, with_state=False)
+    from gptlab.tensorfile import require_finite
+
+    require_finite(ckpt.model, f"the {which} checkpoint of {run_dir}")
+    require_memory(model_bytes(cfg.model), f"the model of {run_dir}", "use a machine with more memory")
     model = GPT(cfg.model)
     if cfg.lora.r > 0:  # a LoRA fine-tune: its checkpoints hold the base weights and the adapters
         from gptlab.adapters.lora import apply_lora

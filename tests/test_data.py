@@ -64,7 +64,7 @@ def test_failed_prepare_leaves_an_existing_directory_untouched(char_data, tmp_pa
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\xfe")
     with pytest.raises(DataError):
-        prepare(bad, out)
+        prepare(bad, out, overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left behind
 

@@ -322,7 +322,7 @@ def test_quantize_cli_writes_a_smaller_run_that_evaluates_and_samples(float_run,
     assert main(["sample", "--run", str(out), "--prompt", "The", "--max-new-tokens", "5", "--seed", "1"]) == 0
     before = sorted(p.name for p in out.rglob("*"))
     assert main(["quantize", "--run", str(float_run), "--out", str(out)]) == 2
-    assert "not empty" in capsys.readouterr().err and sorted(p.name for p in out.rglob("*")) == before
+    assert "already holds" in capsys.readouterr().err and sorted(p.name for p in out.rglob("*")) == before
     assert main(["quantize", "--run", str(float_run), "--out", str(tmp_path / "x"), "--set", "model.n_layer=3"]) == 2
     assert "only quant.* settings" in capsys.readouterr().err
 

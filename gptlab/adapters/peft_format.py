@@ -13,13 +13,13 @@ import json
 import re
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from gptlab.adapters.lora import apply_lora, lora_state
 from gptlab.config import LORA_TARGETS, LoraConfig
 from gptlab.errors import CheckpointError, ConfigError
 from gptlab.io import atomic_write, atomic_write_json
+from gptlab.paths import inside
+from gptlab.tensorfile import read_tensors, require_finite, write_tensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -43,7 +43,7 @@ def save_adapter_state(state: dict, cfg: LoraConfig, out: str | Path, base_model
     weights = {PREFIX + name: t.contiguous() for name, t in state.items() if ".lora_A." in name or ".lora_B." in name}
     if not weights:
         raise ConfigError("the model has no LoRA adapters to save")
-    atomic_write(out / WEIGHTS_FILE, lambda p: save_file(weights, str(p), metadata={"format": "pt"}))
+    atomic_write(out / WEIGHTS_FILE, lambda p: write_tensors(weights, p, metadata={"format": "pt"}))
     atomic_write_json(out / CONFIG_FILE, {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
         "r": cfg.r, "lora_alpha": cfg.alpha, "use_rslora": cfg.scaling == "rslora",
@@ -60,10 +60,13 @@ def read_adapter(directory: str | Path) -> tuple[LoraConfig, dict]:
         raise CheckpointError(f"{directory} is not a LoRA adapter directory (no {CONFIG_FILE}); make one with "
                               "`gptlab finetune` or peft's save_pretrained")
     try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        tensors = load_file(str(directory / WEIGHTS_FILE))
-    except (OSError, ValueError, SafetensorError) as e:
+        config = json.loads(inside(directory, directory / CONFIG_FILE, str(directory)).read_bytes())
+    except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read the adapter in {directory}: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{directory / CONFIG_FILE} must hold a JSON object, not {type(config).__name__}")
+    tensors = read_tensors(inside(directory, directory / WEIGHTS_FILE, str(directory)), "adapter weights")
+    require_finite(tensors, f"the adapter in {directory}")
     if config.get("peft_type") != "LORA":
         raise CheckpointError(f"{directory} holds a {config.get('peft_type')} adapter; gptlab reads LoRA only")
     for key, plain in (("use_dora", False), ("bias", "none"), ("rank_pattern", {}), ("alpha_pattern", {}),

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from gptlab.config import ModelConfig, RunConfig
-from gptlab.errors import CheckpointError, GptlabError
+from gptlab.errors import CheckpointError, ConfigError, GptlabError
 from gptlab.interop.hf_tokenizer import export_tokenizer, import_tokenizer
-from gptlab.io import replace_dir
+from gptlab.io import check_distinct, check_output_dir, replace_dir, temp_dir_beside
+from gptlab.memory import model_bytes, parameter_count, require_memory
 from gptlab.model import GPT
-from gptlab.run import load_model, write_model_run
+from gptlab.paths import contained
+from gptlab.run import check_model_run_out, load_model, run_info, write_model_run
+from gptlab.tensorfile import max_abs_diff, read_tensors, require_finite, write_tensors
 from gptlab.train.checkpoint import load_model_state, model_state
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -81,13 +82,14 @@ def hf_config(cfg: ModelConfig, eot_id: int | None, **extra):
 
 
 def max_logit_difference(ours: GPT, theirs, n_tokens: int = 48, seed: int = 0) -> float:
-    """max |Δlogits| of the two models on the same random tokens (fp32, eval mode)."""
+    """max |Δlogits| of the two models on the same random tokens (fp32, eval mode); inf when either side is not
+    finite, so the check that follows fails closed."""
     g = torch.Generator().manual_seed(seed)
     T = min(n_tokens, ours.cfg.block_size)
     idx = torch.randint(0, ours.cfg.vocab_size, (2, T), generator=g)
     ours.eval(), theirs.eval()
     with torch.no_grad():
-        return (ours(idx) - theirs(input_ids=idx).logits).abs().max().item()
+        return max_abs_diff(ours(idx), theirs(input_ids=idx).logits)
 
 
 def quiet_transformers() -> None:
@@ -110,21 +112,35 @@ def _load_hf_model(directory: Path):
                                            dtype=torch.float32)
 
 
-def export_hf(run_dir: str | Path, out: str | Path, which: str = "best") -> float:
-    """Write RUN_DIR's model and tokenizer as a transformers GPT-2 directory; returns the verified max |Δlogits|."""
+def is_hf_dir(path: Path) -> bool:
+    """A transformers GPT-2 directory (what `export hf` writes), not a gptlab run."""
+    try:
+        config = json.loads((path / "config.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == "gpt2" and not (path / "config.yaml").exists()
+
+
+def export_hf(run_dir: str | Path, out: str | Path, which: str = "best", overwrite: bool = False) -> float:
+    """Write RUN_DIR's model and tokenizer as a transformers GPT-2 directory; returns the verified max |Δlogits|.
+
+    A non-empty `out` is refused unless it is a transformers GPT-2 directory and `overwrite` is set."""
+    out = Path(out)
+    check_distinct(out, run_dir)
+    check_output_dir(out, "transformers GPT-2 directory", is_hf_dir, overwrite)
     model, tok, cfg = load_model(run_dir, which)
     if cfg.lora.r > 0:
         raise GptlabError(f"{run_dir} is a LoRA fine-tune: its adapter (PEFT format) is already in {run_dir}; export "
                           "the base run, or merge first with `gptlab merge --run BASE --adapter "
                           f"{run_dir} --out MERGED` and export that")
+    if run_info(run_dir).get("quantized") or cfg.quant.qat != "none":
+        raise GptlabError(f"{run_dir} is quantized; export the float run it came from")
     check_exportable(cfg.model)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        tmp = Path(tmp) / "export"
+    with temp_dir_beside(out) as tmp:
+        tmp = tmp / "export"
         tmp.mkdir()
         hf_config(cfg.model, tok.eot_id).save_pretrained(str(tmp))
-        save_file(to_hf_state(model_state(model)), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write_tensors(to_hf_state(model_state(model)), tmp / "model.safetensors", metadata={"format": "pt"})
         export_tokenizer(tok, tmp)
         diff = max_logit_difference(model, _load_hf_model(tmp))
         if not diff < TOLERANCE:
@@ -134,20 +150,73 @@ def export_hf(run_dir: str | Path, out: str | Path, which: str = "best") -> floa
     return diff
 
 
+def confinement_root(directory: Path) -> Path:
+    """The folder whose files a model directory may point into: itself, or for a snapshot in the Hugging Face
+    cache (models--ORG--NAME/snapshots/REV, whose files link to ../../blobs/), the model's cache folder."""
+    d = directory.resolve()
+    if d.parent.name == "snapshots" and d.parent.parent.name.startswith("models--"):
+        return d.parent.parent
+    return d
+
+
+def _member(directory: Path, name: str, source: str) -> Path:
+    """`directory / name`, refused when it (through `..` or a symlink) leads outside the model's folder."""
+    path = contained(directory, name, source) if "/" in name or name.startswith(".") else directory / name
+    root = confinement_root(directory)
+    if (path.exists() or path.is_symlink()) and not path.resolve().is_relative_to(root):
+        raise CheckpointError(f"{source}: {name} leads outside {directory} (a symlink to {path.resolve()}); only "
+                              "files inside the model's folder are read")
+    return path
+
+
+def _check_members(directory: Path) -> None:
+    for p in directory.iterdir():
+        _member(directory, p.name, str(directory))
+
+
+def _read_index(directory: Path, index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_bytes())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{index} is not a valid shard index (a JSON object with a weight_map of tensor name "
+                              "→ shard file)") from None
+    paths = []
+    for name in shards:
+        path = contained(directory, name, str(index))
+        path = _member(directory, str(path.relative_to(directory)), str(index))
+        if not path.is_file():
+            raise CheckpointError(f"{index} names the shard {name}, which is missing")
+        paths.append(path)
+    return paths
+
+
 def _read_hf_weights(directory: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
     if single.is_file():
-        return load_file(str(single))
+        return read_tensors(single, "weights file")
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for s in shards for k, v in load_file(str(directory / s)).items()}
+        return {k: v for s in _read_index(directory, index) for k, v in read_tensors(s, "weights shard").items()}
     pickle = directory / "pytorch_model.bin"
     if pickle.is_file():
         if not allow_pickle:
             raise CheckpointError(f"{directory} holds only a pickle checkpoint (pytorch_model.bin); gptlab reads "
                                   "safetensors. Pass --allow-pickle to load it with torch.load(weights_only=True)")
-        return torch.load(pickle, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(pickle, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises many types for a damaged or hostile pickle
+            raise CheckpointError(f"cannot read {pickle}: {str(e).splitlines()[0][:200]}") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{pickle} does not hold a state dict of tensors")
+        return state
     raise CheckpointError(f"{directory} has no model.safetensors (nor a sharded index, nor pytorch_model.bin)")
+
+
+def _int_setting(c: dict, key: str, path: Path) -> int:
+    v = c.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise CheckpointError(f"{path}: {key} must be a positive integer, got {v!r}")
+    return v
 
 
 def read_hf_config(directory: Path) -> ModelConfig:
@@ -155,15 +224,22 @@ def read_hf_config(directory: Path) -> ModelConfig:
     if not path.is_file():
         raise CheckpointError(f"{directory} is not a transformers model directory (no config.json)")
     try:
-        c = json.loads(path.read_text())
-    except ValueError:
+        c = json.loads(path.read_bytes())
+    except (OSError, ValueError):
         raise CheckpointError(f"{path} is not valid JSON") from None
+    if not isinstance(c, dict):
+        raise CheckpointError(f"{path} must hold a JSON object of settings, not {type(c).__name__}")
     if c.get("model_type") != "gpt2":
         raise CheckpointError(f"{directory} holds a {c.get('model_type')!r} model; gptlab imports GPT-2 only")
+    shape = {k: _int_setting(c, k, path) for k in ("vocab_size", "n_layer", "n_head", "n_embd", "n_positions")}
+    for key, kind in (("layer_norm_epsilon", (int, float)), ("activation_function", str), ("n_inner", (int, type(None))),
+                      ("tie_word_embeddings", bool)):
+        if key in c and (not isinstance(c[key], kind) or isinstance(c[key], bool) and kind is not bool):
+            raise CheckpointError(f"{path}: {key} has the wrong type ({c[key]!r})")
     unsupported = []
     if c.get("activation_function", "gelu_new") not in HF_ACTIVATIONS:
         unsupported.append(f"activation_function={c['activation_function']}")
-    if c.get("n_inner") not in (None, 4 * c["n_embd"]):
+    if c.get("n_inner") not in (None, 4 * shape["n_embd"]):
         unsupported.append(f"n_inner={c['n_inner']}")
     if c.get("scale_attn_by_inverse_layer_idx") or not c.get("scale_attn_weights", True):
         unsupported.append("non-standard attention scaling")
@@ -173,27 +249,39 @@ def read_hf_config(directory: Path) -> ModelConfig:
         unsupported.append("cross-attention")
     if unsupported:
         raise CheckpointError(f"{directory}: gptlab's GPT-2 cannot express {', '.join(unsupported)}")
-    return ModelConfig(vocab_size=c["vocab_size"], n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"],
-                       block_size=c["n_positions"], dropout=0.0, bias=True, positions="learned",
-                       tie_embeddings=c.get("tie_word_embeddings", True))
+    try:
+        return ModelConfig(vocab_size=shape["vocab_size"], n_layer=shape["n_layer"], n_head=shape["n_head"],
+                           n_embd=shape["n_embd"], block_size=shape["n_positions"], dropout=0.0, bias=True,
+                           positions="learned", tie_embeddings=c.get("tie_word_embeddings", True))
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
-def import_hf(hf_dir: str | Path, out: str | Path, allow_pickle: bool = False) -> float:
+def import_hf(hf_dir: str | Path, out: str | Path, allow_pickle: bool = False, overwrite: bool = False) -> float:
     """Turn a local transformers GPT-2 directory into a gptlab run; returns the verified max |Δlogits|."""
     hf_dir, out = Path(hf_dir), Path(out)
     if not hf_dir.is_dir():
         raise CheckpointError(f"{hf_dir} is not a directory; give a local transformers model directory")
-    if out.exists() and any(out.iterdir()):
-        raise CheckpointError(f"{out} already exists and is not empty; choose another --out")
+    check_distinct(out, hf_dir)
+    check_model_run_out(out, overwrite)
+    _check_members(hf_dir)
     cfg = RunConfig(model=read_hf_config(hf_dir))
+    # the file's tensors, gptlab's model and transformers' twin are in memory at once
+    require_memory(3 * model_bytes(cfg.model), f"importing {hf_dir} ({parameter_count(cfg.model):,} parameters)",
+                   "check n_layer, n_embd, n_positions and vocab_size in its config.json")
     state = from_hf_state(_read_hf_weights(hf_dir, allow_pickle))
+    require_finite(state, f"the weights of {hf_dir}")
     model = GPT(cfg.model)
     if cfg.model.tie_embeddings:
         state.pop("lm_head.weight", None)  # the tie is restored by the model itself
     load_model_state(model, state, str(hf_dir))
     tok = import_tokenizer(hf_dir)
-    diff = max_logit_difference(model, _load_hf_model(hf_dir))
+    try:
+        twin = _load_hf_model(hf_dir)
+    except Exception as e:  # transformers raises many types for a directory it cannot load
+        raise CheckpointError(f"transformers cannot load {hf_dir}: {str(e).splitlines()[0][:200]}") from None
+    diff = max_logit_difference(model, twin)
     if not diff < TOLERANCE:
         raise CheckpointError(f"imported model disagrees with transformers (max |Δlogits| {diff:.2e}); nothing written")
-    write_model_run(out, cfg, tok, model, {"imported_from": str(hf_dir.resolve())})
+    write_model_run(out, cfg, tok, model, {"imported_from": str(hf_dir.resolve())}, overwrite)
     return diff

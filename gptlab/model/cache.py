@@ -22,6 +22,21 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
 
+    def reserve(self, total: int) -> None:
+        """Room for at least `total` positions: the buffers grow (at least doubling, so growing costs O(1) per
+        token) keeping what they hold. Decoding grows its cache as it goes instead of allocating the whole
+        generation's length up front."""
+        if total <= self.max_len:
+            return
+        new_len = max(total, 2 * self.max_len)
+        k = self.k.new_zeros((*self.k.shape[:3], new_len, self.k.shape[4]))
+        v = self.v.new_zeros(k.shape)
+        k[:, :, :, : self.length] = self.k[:, :, :, : self.length]
+        v[:, :, :, : self.length] = self.v[:, :, :, : self.length]
+        positions = self.positions.new_zeros(new_len)
+        positions[: self.length] = self.positions[: self.length]
+        self.k, self.v, self.positions, self.max_len = k, v, positions, new_len
+
     def layer(self, index: int) -> "LayerCache":
         return LayerCache(self, index)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
@@ -11,7 +12,8 @@ from gptlab.config import QuantConfig, RunConfig, apply_overrides
 from gptlab.data import TokenData, eval_batches, load_data
 from gptlab.errors import ConfigError
 from gptlab.evaluate import evaluate
-from gptlab.run import load_model, run_data_dir, run_info, write_model_run
+from gptlab.io import check_distinct
+from gptlab.run import check_data_for_run, check_model_run_out, load_model, run_data_dir, run_info, write_model_run
 
 MODEL_FILE_GLOB = "checkpoints/*/model.safetensors"
 
@@ -36,12 +38,16 @@ def disk_bytes(run_dir: Path) -> int:
 
 
 def quantize_run(run_dir: str | Path, out: str | Path, overrides: list[str] | None = None,
-                 data_dir: str | Path | None = None, eval_windows: int = 64) -> dict:
+                 data_dir: str | Path | None = None, eval_windows: int = 64, overwrite: bool = False) -> dict:
     """Write a quantized copy of a run: post-training quantization of a float run, or the integer form of a
     quantization-aware one. Returns the val loss before and after and the sizes on disk."""
     from gptlab.quant import convert_qat, quantize
 
     run_dir = Path(run_dir)
+    if eval_windows < 1:
+        raise ConfigError(f"--eval-windows must be at least 1, got {eval_windows}")
+    check_distinct(out, run_dir)
+    check_model_run_out(out, overwrite)
     model, tok, cfg = load_model(run_dir, "best")
     if run_info(run_dir).get("quantized"):
         raise ConfigError(f"{run_dir} is already quantized; quantize the float run it came from")
@@ -49,6 +55,7 @@ def quantize_run(run_dir: str | Path, out: str | Path, overrides: list[str] | No
         raise ConfigError(f"{run_dir} is a LoRA fine-tune; merge it first with `gptlab merge`")
     wanted = apply_overrides(cfg, quant_overrides(overrides or []))
     data = load_data(run_data_dir(run_dir, data_dir))
+    check_data_for_run(run_dir, tok, data)
     length = cfg.model.block_size
     float_loss = None
     if cfg.quant.qat != "none":  # it becomes exactly what it was trained to be
@@ -68,10 +75,13 @@ def quantize_run(run_dir: str | Path, out: str | Path, overrides: list[str] | No
         qcfg = wanted.quant
         quantize(model, qcfg, calibration=calibration_batches(data, wanted))
     quant_loss = evaluate(model, data.val, length, max_windows=eval_windows).loss
+    if not (math.isfinite(float_loss) and math.isfinite(quant_loss)):
+        raise ConfigError(f"the val loss is {float_loss} before and {quant_loss} after quantizing {run_dir}; "
+                          "nothing was written")
     final_cfg = dataclasses.replace(cfg, quant=qcfg)
     info = {"data": run_info(run_dir).get("data"), "quantized": True, "source": str(run_dir.resolve()),
             "val_loss_float": float_loss, "val_loss_quantized": quant_loss}
-    write_model_run(out, final_cfg, tok, model, info)
+    write_model_run(out, final_cfg, tok, model, info, overwrite)
     return {"val_loss_float": float_loss, "val_loss_quantized": quant_loss, "bytes_float": disk_bytes(run_dir),
             "bytes_quantized": disk_bytes(Path(out)), "eval_windows": eval_windows, "length": length}
 
@@ -80,11 +90,14 @@ def inspect_run(run_dir: str | Path, overrides: list[str] | None = None, data_di
                 eval_windows: int = 32, with_sensitivity: bool = True):
     from gptlab.quant.inspect import inspect_model
 
-    model, _, cfg = load_model(run_dir, "best")
+    if eval_windows < 1:
+        raise ConfigError(f"--eval-windows must be at least 1, got {eval_windows}")
+    model, tok, cfg = load_model(run_dir, "best")
     if run_info(run_dir).get("quantized") or cfg.quant.qat != "none":
         raise ConfigError(f"{run_dir} is already quantized; inspect the float run")
     cfg = apply_overrides(cfg, quant_overrides(overrides or []))
     data = load_data(run_data_dir(run_dir, data_dir))
+    check_data_for_run(run_dir, tok, data)
     return cfg.quant, inspect_model(model, cfg.quant, calibration_batches(data, cfg), data.val,
                                     cfg.model.block_size, eval_windows, with_sensitivity)
 

@@ -13,21 +13,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gptlab.errors import CheckpointError
-from gptlab.io import atomic_write_json, fsync_dir
+from gptlab.io import atomic_write_json, fsync_dir, writing
+from gptlab.paths import contained
+from gptlab.tensorfile import read_tensors, write_tensors
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "train_state.safetensors"
 META_FILE = "state.json"
+DIR_NAME = re.compile(r"^step-\d{8}$")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -70,12 +73,7 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} is missing")
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as e:  # safetensors raises its own error types for a corrupt or truncated file
-        raise CheckpointError(f"checkpoint file {path} is corrupt or truncated ({e}); use another checkpoint") from None
+    return read_tensors(path, "checkpoint file")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -113,46 +111,66 @@ def _dir_name(step: int) -> str:
 
 
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint, pointers: tuple[str, ...] = ("last",)) -> Path:
-    """Write the checkpoint directory atomically, then point `last` (and/or `best`) at it."""
+    """Write the checkpoint directory atomically, then point `last` (and/or `best`) at it.
+
+    A failed write (full disk, file-size limit) is one error line; the previous checkpoint stays intact."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / _dir_name(ckpt.step)
     tmp = root / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(ckpt.model, str(tmp / MODEL_FILE))
-    if ckpt.tensors:
-        save_file(ckpt.tensors, str(tmp / STATE_FILE))
-    (tmp / META_FILE).write_text(json.dumps({"step": ckpt.step, **ckpt.meta}, indent=2) + "\n")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    fsync_dir(tmp)
-    if final.exists():  # an older attempt at this step that no pointer can name any more
-        if final.name in {_pointer(root, p) for p in ("last", "best")}:
-            old = root / f".{final.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        else:
-            shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(root)
+    try:
+        with writing(final):
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            write_tensors(ckpt.model, tmp / MODEL_FILE)
+            if ckpt.tensors:
+                write_tensors(ckpt.tensors, tmp / STATE_FILE)
+            (tmp / META_FILE).write_text(json.dumps({"step": ckpt.step, **ckpt.meta}, indent=2) + "\n")
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            fsync_dir(tmp)
+            if final.exists():  # an older attempt at this step that no pointer can name any more
+                if final.name in {_pointer(root, p) for p in ("last", "best")}:
+                    old = root / f".{final.name}.old"
+                    shutil.rmtree(old, ignore_errors=True)
+                    os.replace(final, old)
+                else:
+                    shutil.rmtree(final)
+            os.replace(tmp, final)
+            fsync_dir(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     for p in pointers:
         atomic_write_json(root / f"{p}.json", {"dir": final.name, "step": ckpt.step})
     _collect_garbage(root)
     return final
 
 
+class _Corrupt(str):
+    """What a pointer file that exists but cannot be trusted reads as."""
+
+
 def _pointer(root: Path, name: str) -> str | None:
+    """The checkpoint folder a pointer file names (a plain `step-NNNNNNNN` inside `root`), None when the file is
+    absent, or a `_Corrupt` string saying what is wrong with it."""
     path = root / f"{name}.json"
-    try:
-        return json.loads(path.read_text())["dir"]
-    except (OSError, ValueError, KeyError):
+    if not path.exists():
         return None
+    try:
+        target = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return _Corrupt("it is not readable JSON")
+    d = target.get("dir") if isinstance(target, dict) else None
+    if not isinstance(d, str) or not DIR_NAME.match(d):
+        return _Corrupt(f"it names {d!r}, not a step-NNNNNNNN folder of {root}")
+    return d
 
 
 def _collect_garbage(root: Path) -> None:
     keep = {_pointer(root, p) for p in ("last", "best")}
+    if any(isinstance(k, _Corrupt) for k in keep):  # never delete what a damaged pointer may have named
+        return
     for d in root.iterdir():
         if d.is_dir() and d.name not in keep:
             shutil.rmtree(d, ignore_errors=True)
@@ -161,12 +179,15 @@ def _collect_garbage(root: Path) -> None:
 def checkpoint_dir(run_dir: Path, which: str = "last") -> Path:
     root = Path(run_dir) / "checkpoints"
     name = _pointer(root, which)
+    if isinstance(name, _Corrupt):
+        raise CheckpointError(f"{root / (which + '.json')} is damaged ({name}); the run cannot be read from it: "
+                              f"restore it, or use the other checkpoint (--checkpoint)")
     if name is None:
-        if which == "best" and _pointer(root, "last") is not None:
+        if which == "best" and isinstance(_pointer(root, "last"), str):
             return checkpoint_dir(run_dir, "last")
         raise CheckpointError(f"no '{which}' checkpoint in {run_dir}; is it a gptlab run directory "
                               "(created by `gptlab train`)?")
-    d = root / name
+    d = contained(root, name, str(root / f"{which}.json"))
     if not d.is_dir():
         raise CheckpointError(f"checkpoint {d} named by {root / (which + '.json')} is missing; the run is damaged")
     return d
@@ -175,10 +196,13 @@ def checkpoint_dir(run_dir: Path, which: str = "last") -> Path:
 def load_checkpoint(run_dir: Path, which: str = "last", with_state: bool = True) -> Checkpoint:
     d = checkpoint_dir(run_dir, which)
     try:
-        meta = json.loads((d / META_FILE).read_text())
-    except (OSError, ValueError):
+        meta = json.loads((d / META_FILE).read_bytes())
+        step = meta.pop("step")
+        if not isinstance(step, int) or step < 0:
+            raise ValueError
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
         raise CheckpointError(f"{d / META_FILE} is missing or corrupt; use another checkpoint") from None
-    model = read_safetensors(d / MODEL_FILE)
-    tensors = read_safetensors(d / STATE_FILE) if with_state and (d / STATE_FILE).exists() else {}
-    step = meta.pop("step")
+    model = read_safetensors(contained(d, MODEL_FILE, str(d)))
+    state = contained(d, STATE_FILE, str(d))
+    tensors = read_safetensors(state) if with_state and state.exists() else {}
     return Checkpoint(step=step, model=model, tensors=tensors, meta=meta)

@@ -25,8 +25,10 @@ from gptlab.adapters.peft_format import save_adapter_state
 from gptlab.config import RunConfig, TrainConfig, to_dict
 from gptlab.data import BatchSampler, TokenData, eval_batches, load_data
 from gptlab.errors import CheckpointError, ConfigError, GptlabError
+from gptlab.lock import RunLock
+from gptlab.memory import require_memory, training_bytes
 from gptlab.model import GPT, count_parameters, flops_per_token
-from gptlab.run import create_run, load_run_config, run_data_dir, run_info, set_threads
+from gptlab.run import check_run_out, create_run, load_run_config, run_data_dir, run_info, same_tokenizer, set_threads
 from gptlab.train.checkpoint import (Checkpoint, load_checkpoint, load_model_state, model_state, optimizer_tensors,
                                      restore_optimizer, save_checkpoint)
 from gptlab.train.distributed import Distributed
@@ -198,8 +200,23 @@ class Trainer:
         check_device(cfg.train.device)
         self.dist = Distributed(cfg.train.device)
         self.dist.check_batch(cfg.train.batch_size)
+        require_memory(training_bytes(cfg.model, cfg.train.batch_size // self.dist.world, 0.0 if cfg.lora.r else 1.0),
+                       f"training this model at train.batch_size={cfg.train.batch_size}",
+                       "lower train.batch_size (raise train.grad_accum to keep the tokens per step) or shrink the model")
         if not self.dist.main:
             self.progress, self.quiet = False, True
+        self.lock = RunLock(run_dir).acquire() if self.dist.main else None  # one writer per run directory
+        try:
+            self._build(cfg, data, resume, init_state, info)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def _build(self, cfg: RunConfig, data: TokenData, resume: bool, init_state: dict | None, info: dict | None):
         self.threads = set_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.model = GPT(cfg.model).to(cfg.train.device)
@@ -392,12 +409,13 @@ class Trainer:
                         self.save()
                 elif self.step % cfg.checkpoint_every == 0:
                     self.save()
+            if self.cfg.lora.r > 0 and self.dist.main:  # the best adapter, in PEFT's layout, at the run's top
+                best = load_checkpoint(self.run_dir, "best", with_state=False)
+                save_adapter_state(best.model, self.cfg.lora, self.run_dir, run_info(self.run_dir).get("init_from", ""))
         finally:
             bar.close()
             self.metrics.close()
-        if self.cfg.lora.r > 0 and self.dist.main:  # the best adapter, in PEFT's layout, at the run's top
-            best = load_checkpoint(self.run_dir, "best", with_state=False)
-            save_adapter_state(best.model, self.cfg.lora, self.run_dir, run_info(self.run_dir).get("init_from", ""))
+            self.release()
         return self.summary(loss, last_val)
 
     def summary(self, loss: float, val: float | None) -> dict[str, Any]:
@@ -412,6 +430,7 @@ class Trainer:
 def train(data_dir: str | Path, out: str | Path, cfg: RunConfig, progress: bool | None = None,
           init_from: str | Path | None = None) -> dict[str, Any]:
     """Start a new run in `out` on the data in `data_dir`, from scratch or from the weights of run `init_from`."""
+    check_run_out(out)
     data = load_data(data_dir)
     if init_from is None:
         return Trainer(out, cfg, data, resume=False, progress=progress).run()
@@ -421,15 +440,7 @@ def train(data_dir: str | Path, out: str | Path, cfg: RunConfig, progress: bool 
     if data.meta["vocab_size"] != source_cfg.model.vocab_size:
         raise CheckpointError(f"{data.directory} has a {data.meta['vocab_size']}-token vocabulary but {init_from} "
                               f"was trained with {source_cfg.model.vocab_size}; prepare the data with the same tokenizer")
-    sample = [int(t) for t in data.train[:2000]]  # the data's own text, re-encoded by the source's tokenizer
-    if data.meta["eot_id"] in sample:
-        sample = sample[: sample.index(data.meta["eot_id"])]
-    try:
-        keep = max(1, len(sample) - 16)  # the slice may end mid-word, which encodes differently
-        same = source_tok.encode(data.tokenizer().decode(sample))[:keep] == sample[:keep]
-    except GptlabError:
-        same = False
-    if not same:
+    if not same_tokenizer(source_tok, Path(init_from) / "tokenizer", data):
         raise CheckpointError(f"the tokenizer of {data.directory} differs from that of {init_from}; "
                               "prepare the data with the same tokenizer")
     model_changes = {k for k, v in to_dict(cfg.model).items() if v != to_dict(RunConfig().model)[k]} - {"dropout"}
@@ -463,12 +474,15 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, data_dir: st
         raise CheckpointError(f"{run_dir} was imported, not trained here, so it has no optimizer state to resume; "
                               f"fine-tune it with `gptlab train --init-from {run_dir} --data DATA_DIR --out NEW_RUN`")
     data = load_data(run_data_dir(run_dir, data_dir))
-    if data.meta["tokenizer"] != info["tokenizer"] or data.meta.get("source_sha256") != info.get("source_sha256"):
+    recorded = info.get("tokens_sha256")
+    if (data.meta["tokenizer"] != info["tokenizer"] or data.meta.get("source_sha256") != info.get("source_sha256")
+            or (recorded is not None and data.meta.get("tokens_sha256") != recorded)):
         raise CheckpointError(f"data in {data.directory} ({data.meta['tokenizer']} tokenizer) is not the data this run "
                               f"was trained on ({info['tokenizer']} tokenizer, {info['data']}); pass the right --data")
     if data.meta["vocab_size"] > saved.model.vocab_size:
         raise CheckpointError(f"tokenizer of {data.directory} has {data.meta['vocab_size']} tokens but the run's model "
                               f"has {saved.model.vocab_size}; pass the run's own --data")
+    data.check_unchanged()
     trainer = Trainer(run_dir, wanted, data, resume=True, progress=progress)
     if wanted != saved and trainer.dist.main:
         from gptlab.config import save_yaml

@@ -7,18 +7,29 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gptlab.io import atomic_write_text, writing
+
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Every intact record; a damaged line (cut by a kill mid-write, corrupted bytes, not a JSON object) is
+    skipped and the records after it are kept."""
     path = Path(path)
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut by a kill mid-write: everything before it is intact
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
+
+
+def _step(record: dict[str, Any]) -> float:
+    step = record.get("step", 0)
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else math.inf
 
 
 class MetricsLog:
@@ -27,11 +38,12 @@ class MetricsLog:
     def __init__(self, path: str | Path, resume_step: int | None = None, tensorboard_dir: str | Path | None = None):
         self.path = Path(path)
         if resume_step is not None:
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            kept = [r for r in read_metrics(self.path) if _step(r) <= resume_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif self.path.exists():
             self.path.unlink()
-        self.file = open(self.path, "a", buffering=1)
+        with writing(self.path):
+            self.file = open(self.path, "a", buffering=1)
         self.tb = None
         if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter

@@ -1,0 +1,31 @@
+"""Paths named inside files (checkpoint pointers, sharded-weight indexes) stay inside the folder that holds them.
+
+A file may name another file by a relative name only; `..`, absolute paths and symlinks that lead out of the
+folder are refused, so a hostile or damaged file can never make gptlab read (or load weights from) elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gptlab.errors import CheckpointError
+
+
+def contained(base: str | Path, name: object, source: str) -> Path:
+    """`base / name`, after checking that it resolves (symlinks followed) to a path inside `base`."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise CheckpointError(f"{source} names {name!r}, which is not a file name")
+    if Path(name).is_absolute():
+        raise CheckpointError(f"{source} names the absolute path {name!r}; only files inside its folder are read")
+    base = Path(base)
+    path = base / name
+    root = base.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise CheckpointError(f"{source} names {name!r}, which leads outside {base}; only files inside its folder "
+                              "are read")
+    return path
+
+
+def inside(base: str | Path, path: str | Path, source: str) -> Path:
+    """`path` itself (a fixed file name in `base`), refused when a symlink makes it lead outside `base`."""
+    return contained(base, str(Path(path).relative_to(base)), source)

@@ -557,7 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad argument (one line already printed)
+        return e.code if isinstance(e.code, int) else 2
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         args.func(args)

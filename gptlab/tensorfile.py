@@ -70,8 +70,11 @@ def write_tensors(state: dict[str, torch.Tensor], path: str | Path, metadata: di
 
     from safetensors.torch import save_file
 
+    from gptlab.io import umask
+
     try:
         save_file(state, str(path), metadata=metadata)
+        os.chmod(path, 0o666 & ~umask())  # safetensors may create it private
     except OSError:
         raise
     except Exception as e:  # SafetensorError wraps the OS error in its message

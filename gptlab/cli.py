@@ -556,23 +556,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, torchrun stopping its workers): handled like Ctrl-C."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a bad argument (one line already printed)
         return e.code if isinstance(e.code, int) else 2
     args.argv = list(argv) if argv is not None else sys.argv[1:]
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         args.func(args)
     except GptlabError as e:
         print(f"gptlab {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OSError as e:  # a path the user gave that cannot be read or written (loops, permissions, long names)
+        what = f"{e.filename}: " if e.filename else ""
+        print(f"gptlab {args.command}: error: {what}{e.strerror or e}; check the path and try again", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
         hint = getattr(args, "interrupt_hint", "continue a run with `gptlab train --resume RUN_DIR`")
-        print(f"\ngptlab {args.command}: interrupted; checkpoints already written are intact ({hint})",
-              file=sys.stderr)
-        return 130
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"\ngptlab {args.command}: {how}; checkpoints already written are intact ({hint})", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         if "torch" in sys.modules:  # leave a torchrun process group cleanly
             import torch.distributed as dist
 

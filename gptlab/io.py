@@ -164,8 +164,10 @@ def check_output_dir(out: str | Path, kind: str, is_kind: Callable[[Path], bool]
 
 def check_distinct(out: str | Path, *inputs: str | Path) -> None:
     """An output may not be one of the command's inputs, nor a folder that holds one."""
-    o = Path(out).resolve()
+    from gptlab.paths import resolve
+
+    o = resolve(out)
     for i in inputs:
-        i = Path(i).resolve()
+        i = resolve(i)
         if i.is_relative_to(o):  # replacing `out` would remove the input
             raise GptlabError(f"--out {out} would overwrite the input {i}; choose another --out")

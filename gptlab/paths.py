@@ -11,6 +11,14 @@ from pathlib import Path
 from gptlab.errors import CheckpointError
 
 
+def resolve(path: str | Path) -> Path:
+    """Path.resolve, with a symlink loop or an unreadable path as a one-line error."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as e:
+        raise CheckpointError(f"cannot resolve {path}: {e}") from None
+
+
 def contained(base: str | Path, name: object, source: str) -> Path:
     """`base / name`, after checking that it resolves (symlinks followed) to a path inside `base`."""
     if not isinstance(name, str) or not name or "\x00" in name:
@@ -19,8 +27,8 @@ def contained(base: str | Path, name: object, source: str) -> Path:
         raise CheckpointError(f"{source} names the absolute path {name!r}; only files inside its folder are read")
     base = Path(base)
     path = base / name
-    root = base.resolve()
-    if not path.resolve().is_relative_to(root):
+    root = resolve(base)
+    if not resolve(path).is_relative_to(root):
         raise CheckpointError(f"{source} names {name!r}, which leads outside {base}; only files inside its folder "
                               "are read")
     return path

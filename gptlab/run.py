@@ -44,17 +44,21 @@ RUN_FILES = ("config.yaml", "run.json", "tokenizer", "metrics.jsonl", "checkpoin
 
 
 def check_run_out(run_dir: str | Path) -> None:
-    """`run_dir` may receive a new run: it is absent, holds none of a run's files (other files stay untouched,
-    e.g. a lesson cell's cell.json), or is a run that never saved a checkpoint (nothing resumable to lose)."""
+    """`run_dir` may receive a new run: it is absent, empty, a run that never saved a checkpoint (nothing
+    resumable to lose), or a lesson's cell folder (cell.json) without a run's files yet."""
+    from gptlab.lock import LOCK_FILE
+
     run_dir = Path(run_dir)
     if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
         raise CheckpointError(f"{run_dir} exists and is not a directory; choose another --out")
     if (run_dir / "checkpoints" / "last.json").exists():
         raise CheckpointError(f"{run_dir} already holds a run; continue it with `gptlab train --resume {run_dir}` "
                               "or choose another --out")
+    if not run_dir.exists() or is_run(run_dir) or not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        return
     clash = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if clash and not is_run(run_dir):
-        raise CheckpointError(f"{run_dir} holds {', '.join(clash)} but is not a gptlab run; nothing was changed: "
+    if clash or not (run_dir / "cell.json").is_file():
+        raise CheckpointError(f"{run_dir} is not empty and does not hold a gptlab run; nothing was changed: "
                               "choose another --out")
 
 

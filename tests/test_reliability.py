@@ -182,7 +182,7 @@ def test_train_out_must_be_a_folder_without_foreign_run_files(capsys, char_data,
     assert f.read_text() == "keep"
     d = tmp_path / "d"
     (d / "tokenizer").mkdir(parents=True)
-    refused(capsys, ["train", "--data", char_data, "--out", d] + TINY, "not a gptlab run", unchanged=d)
+    refused(capsys, ["train", "--data", char_data, "--out", d] + TINY, "does not hold a gptlab run", unchanged=d)
 
 
 # -- paths outside the given directory -----------------------------------------------------------------------

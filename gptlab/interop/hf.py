@@ -20,7 +20,7 @@ from gptlab.interop.hf_tokenizer import export_tokenizer, import_tokenizer
 from gptlab.io import check_distinct, check_output_dir, replace_dir, temp_dir_beside
 from gptlab.memory import model_bytes, parameter_count, require_memory
 from gptlab.model import GPT
-from gptlab.paths import contained
+from gptlab.paths import contained, resolve
 from gptlab.run import check_model_run_out, load_model, run_info, write_model_run
 from gptlab.tensorfile import max_abs_diff, read_tensors, require_finite, write_tensors
 from gptlab.train.checkpoint import load_model_state, model_state
@@ -153,7 +153,7 @@ def export_hf(run_dir: str | Path, out: str | Path, which: str = "best", overwri
 def confinement_root(directory: Path) -> Path:
     """The folder whose files a model directory may point into: itself, or for a snapshot in the Hugging Face
     cache (models--ORG--NAME/snapshots/REV, whose files link to ../../blobs/), the model's cache folder."""
-    d = directory.resolve()
+    d = resolve(directory)
     if d.parent.name == "snapshots" and d.parent.parent.name.startswith("models--"):
         return d.parent.parent
     return d
@@ -163,8 +163,8 @@ def _member(directory: Path, name: str, source: str) -> Path:
     """`directory / name`, refused when it (through `..` or a symlink) leads outside the model's folder."""
     path = contained(directory, name, source) if "/" in name or name.startswith(".") else directory / name
     root = confinement_root(directory)
-    if (path.exists() or path.is_symlink()) and not path.resolve().is_relative_to(root):
-        raise CheckpointError(f"{source}: {name} leads outside {directory} (a symlink to {path.resolve()}); only "
+    if (path.exists() or path.is_symlink()) and not resolve(path).is_relative_to(root):
+        raise CheckpointError(f"{source}: {name} leads outside {directory} (a symlink to {resolve(path)}); only "
                               "files inside the model's folder are read")
     return path
 

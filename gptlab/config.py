@@ -7,6 +7,7 @@ fails at the command line with a message that names the key, never deep inside t
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,14 +242,19 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp in (int, float):
+        number = None
         if isinstance(value, str):
             try:
-                return tp(value)
+                number = tp(value)
             except ValueError:
                 pass
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and (tp is float or isinstance(value, int)):
-            return tp(value)
-        raise ConfigError(f"{key}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
+            number = tp(value)
+        if number is None:
+            raise ConfigError(f"{key}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
+        if tp is float and not math.isfinite(number):  # NaN passes no range check and inf passes too many
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

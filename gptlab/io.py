@@ -42,7 +42,8 @@ def write_error(target: Path, e: OSError) -> GptlabError:
     """A one-line error for a failed write (full disk, file-size limit, read-only folder, permissions)."""
     why = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file-size limit was reached",
            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-           errno.EPERM: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(e.errno, e.strerror)
+           errno.EPERM: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(
+        e.errno, e.strerror or "the write was cut short (a full disk or a file-size limit?)")
     return GptlabError(f"cannot write {target}: {why}; free space or choose another location "
                        "(anything written before is intact)")
 

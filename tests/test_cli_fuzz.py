@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch_size=2",
         "train.max_steps=2", "train.eval_every=2", "train.eval_batches=1", "train.threads=1", "train.log_every=1"]
-EXAMPLES = int(os.environ.get("GPTLAB_FUZZ_EXAMPLES", "120"))
+EXAMPLES = int(os.environ.get("GPTLAB_FUZZ_EXAMPLES", "200"))
 
 # hostile values by kind (strings, as a shell would pass them)
 INTS = ["-5", "-1", "0", "1", "3", "2147483648", "9223372036854775808", "1" + "0" * 30, "nan", "inf", "", "1e9",

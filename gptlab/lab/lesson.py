@@ -53,7 +53,7 @@ class Lesson:
         for dataset in dict.fromkeys(c.dataset for c in grid.conditions):
             path = workdir / "data" / dataset.key
             if not _prepared(path, dataset):
-                prepare(dataset.corpus, path, dataset.tokenizer, dataset.vocab_size)
+                prepare(dataset.corpus, path, dataset.tokenizer, dataset.vocab_size, overwrite=True)
             dirs[dataset.key] = path
         return dirs
 

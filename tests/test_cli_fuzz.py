@@ -114,7 +114,7 @@ def commands(draw, world: Path, out: Path):
                                     "merge", "finetune", "resume", "lab", "junk"]))
     if command == "sample":
         argv = ["sample", "--run", draw(st.sampled_from([str(world / "run"), str(world / "run")]) | p),
-                *opt("--prompt", TEXTS), *opt("--max-new-tokens", INTS[:5] + ["1000000000000"]),
+                *opt("--prompt", TEXTS), *opt("--max-new-tokens", INTS[:5] + ["1e12", "x"]),
                 *opt("--temperature", FLOATS), *opt("--top-k", INTS), *opt("--top-p", FLOATS),
                 *opt("--seed", INTS), *opt("--num-samples", ["-1", "0", "1", "2"]), *opt("--adapter", [draw(p)]),
                 *opt("--quant", ["none", "int8", "int4", "int3"]), *opt("--checkpoint", ["best", "last", "worst"])]

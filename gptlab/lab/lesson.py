@@ -28,6 +28,9 @@ class Lesson:
     metric: str = "val_loss"  # the summary.json key the verdicts are about
     metric_label: str = "val loss"
     lower_is_better: bool = True
+    # "No effect" must be shown: two one-sided tests against this margin (in the metric's units), stated before
+    # the runs. 0.01 nats is about 1 % in perplexity, below what changes a sample a reader can see.
+    equivalence_margin: float = 0.01
     # More summary.json keys shown (mean over seeds) in the results table: (key, label, format)
     table_metrics: tuple[tuple[str, str, str], ...] = (("parameters", "parameters", "{:,.0f}"),
                                                        ("tokens_per_s", "tokens/s", "{:,.0f}"))

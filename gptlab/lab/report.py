@@ -170,16 +170,23 @@ def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
             rows.append(row)
     blocks.append(Block("table", items=rows))
 
-    comparisons = results.compare(lesson.comparisons(), lesson.metric)
+    comparisons = results.compare(lesson.comparisons(), lesson.metric, lesson.equivalence_margin)
     blocks.append(Block("h2", "Comparisons"))
-    blocks.append(Block("p", f"Difference = mean(other) − mean(baseline) in {lesson.metric_label}; paired t-test when "
-                             "both arms ran the same seeds (same seed, same batches), else Welch; bootstrap CI of the "
-                             f"difference; Hedges' g; Holm's correction across all {len(comparisons)} comparisons."))
-    rows = [["condition", "baseline → other", "difference", "95 % CI", "bootstrap CI", "p", "Holm p", "g", "test"]]
+    blocks.append(Block("p", f"Difference = mean(other) − mean(baseline) in {lesson.metric_label}; paired t-test on "
+                             "the seeds both arms ran (matched by seed id: same seed, same batches), else Welch. "
+                             f"One Holm family: all {len(comparisons)} comparisons of this table; each CI is at the "
+                             "level consistent with its Holm-adjusted p (it excludes 0 exactly when Holm p < 0.05). "
+                             f"Equivalence: two one-sided tests against ±{lesson.equivalence_margin:g}, Holm-adjusted "
+                             "in the same way. MDE: the smallest difference these seeds detect with 80 % power. "
+                             f"Bootstrap CIs only from {stats.BOOTSTRAP_MIN_N} seeds per arm (fewer undercover)."))
+    rows = [["condition", "baseline → other", "difference", "CI (Holm-consistent)", "p", "Holm p",
+             f"TOST ±{lesson.equivalence_margin:g} (Holm)", "MDE", "g", "test"]]
     for condition, c in comparisons:
-        rows.append([condition, f"{c.a} → {c.b}", f"{c.diff:+.4f}", f"{fmt(c.ci_low)} to {fmt(c.ci_high)}",
-                     f"{fmt(c.boot_low)} to {fmt(c.boot_high)}", fmt_p(c.p), fmt_p(c.p_adjusted), fmt(c.hedges_g, 2),
-                     c.test])
+        boot = "" if math.isnan(c.boot_low) else f"; bootstrap {fmt(c.boot_low)} to {fmt(c.boot_high)}"
+        rows.append([condition, f"{c.a} → {c.b}", f"{c.diff:+.4f}",
+                     f"{fmt(c.ci_low)} to {fmt(c.ci_high)} ({100 * c.ci_level:.2f} %){boot}", fmt_p(c.p),
+                     fmt_p(c.p_adjusted), fmt_p(c.p_equivalent_adjusted), fmt(c.mde), fmt(c.hedges_g, 2),
+                     c.test + (f", {c.dropped} unpaired runs left out" if c.dropped else "")])
     blocks.append(Block("table", items=rows))
     pairs = lesson.comparisons()
     same = [f"{condition}: {why}" for condition in results.conditions for pair in pairs

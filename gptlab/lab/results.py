@@ -43,19 +43,26 @@ class Results:
     def summary(self, condition: str, variant: str, key: str) -> stats.Summary:
         return stats.summarize(self.values(condition, variant, key))
 
-    def compare(self, pairs: list[tuple[str, str]], key: str) -> list[tuple[str, stats.Comparison]]:
-        """Every (baseline, other) pair within every condition, Holm-corrected across all of them.
+    def by_seed(self, condition: str, variant: str, key: str) -> dict[int, float]:
+        return {c.seed: float(c.summary[key]) for c in self.arm(condition, variant)
+                if isinstance(c.summary.get(key), (int, float))}
 
-        The test is paired when both arms ran the same seeds (same seed = same batches in the same order)."""
+    def compare(self, pairs: list[tuple[str, str]], key: str, margin: float = math.nan,
+                adjust: bool = True) -> list[tuple[str, stats.Comparison]]:
+        """Every (baseline, other) pair within every condition, Holm-corrected across all of them (one family)
+        unless `adjust=False` (the caller pools them into a larger family).
+
+        Runs are paired by seed id (same seed = same batches in the same order); a seed one arm lacks is left out."""
         out = []
         for condition in self.conditions:
             for a, b in pairs:
                 arm_a, arm_b = self.arm(condition, a), self.arm(condition, b)
                 if not arm_a or not arm_b or self.duplicate(condition, pairs, (a, b)):
                     continue
-                paired = [c.seed for c in arm_a] == [c.seed for c in arm_b]
-                out.append((condition, stats.compare(self.values(condition, a, key), self.values(condition, b, key),
-                                                     a, b, paired=paired)))
+                out.append((condition, stats.compare_by_seed(self.by_seed(condition, a, key),
+                                                             self.by_seed(condition, b, key), a, b, margin)))
+        if not adjust:
+            return out
         adjusted = stats.adjust([c for _, c in out])
         return [(condition, c) for (condition, _), c in zip(out, adjusted)]
 

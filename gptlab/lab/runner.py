@@ -32,8 +32,10 @@ from gptlab.lab.grid import Cell, Grid, cell_config
 from gptlab.lab.lesson import Lesson
 from gptlab.run import is_run, load_run_config
 
-# Settings that may differ between the first and a later run of a cell without changing its result.
-IGNORED_CHANGES = {"train.threads", "train.tensorboard", "train.checkpoint_every", "train.log_every"}
+# Settings that may differ between the first and a later run of a cell without changing its result. The thread
+# count is not one of them: 1 and 2 threads give gradients that differ by ~1e-9, so it is part of a cell's
+# identity (set by --jobs and the machine's cores) and a rerun with another count is a changed cell.
+IGNORED_CHANGES = {"train.tensorboard", "train.checkpoint_every", "train.log_every"}
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:
@@ -148,8 +150,11 @@ def run_lesson(lesson: Lesson, profile: str, out: str | Path, jobs: int = 1, see
     changed = [(name, what) for name, (state, what) in states.items() if state == "changed"]
     if changed and not redo_changed:
         name, what = changed[0]
+        hint = (" (the thread count comes from --jobs and the cores: use the --jobs of the first run)"
+                if any(w.startswith("train.threads") for w in what) else "")
         raise GptlabError(f"{len(changed)} cell(s) in {out} were run with other settings (e.g. {name}: "
-                          f"{'; '.join(what[:3])}); rerun with --redo-changed to run them again, or use another --out")
+                          f"{'; '.join(what[:3])}){hint}; rerun with --redo-changed to run them again, or use another "
+                          "--out")
     todo = [c for c in cells if states[c.name][0] != "done"]
     done = len(cells) - len(todo)
     entry = {"started": started, "cells": len(cells), "to_run": len(todo), "jobs": jobs, "threads_per_job": threads}

@@ -131,6 +131,9 @@ def test_parallel_jobs_run_the_same_grid(tmp_path):
     result = run_lesson(get_lesson("tying"), "quick", out, jobs=2, seeds=1, progress=False)
     assert result["ran"] == 6 and len(summaries(out)) == 6
     assert all(s["threads"] == max(1, len(os.sched_getaffinity(0)) // 2) for s in summaries(out).values())
+    if len(os.sched_getaffinity(0)) > 1:  # the thread count is part of a cell: another one is a changed cell
+        with pytest.raises(GptlabError, match="train.threads.*use the --jobs of the first run"):
+            run_lesson(get_lesson("tying"), "quick", out, jobs=1, seeds=1, progress=False)
 
 
 def test_untied_matched_has_about_the_tied_parameter_count():

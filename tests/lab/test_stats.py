@@ -56,7 +56,79 @@ def test_verdicts_say_what_the_data_say():
     text = verdict(better)
     assert text.startswith("untied lowers val loss by 0.0") and "better" in text and "n = 5 seeds per arm" in text
     same = compare(base, rng.normal(1.90, 0.01, 5), "tied", "untied")
-    assert verdict(same).startswith("no significant difference in val loss between untied and tied")
+    assert verdict(same).startswith("inconclusive: untied vs tied differ by")  # a large p alone proves nothing
+    assert "80 % power" in verdict(same)
+
+
+def test_equivalence_verdicts_equivalent_not_equivalent_inconclusive():
+    from gptlab.lab.stats import outcome, tost
+
+    rng = np.random.default_rng(5)
+    base = rng.normal(1.90, 0.002, 10)
+    tight = compare(base, base + rng.normal(0.0, 0.001, 10), "a", "b", paired=True, margin=0.01)
+    assert tight.p_equivalent < 0.001 and outcome(tight) == "equivalent"
+    assert verdict(tight).startswith("b and a are equivalent in val loss within ±0.01")
+    shifted = compare(base, base + 0.011 + rng.normal(0.0, 0.004, 10), "a", "b", paired=True, margin=0.01)
+    assert not shifted.equivalent()  # at the margin: equivalence cannot be shown
+    small = compare(base, base + 0.004 + rng.normal(0.0, 0.0005, 10), "a", "b", paired=True, margin=0.01)
+    assert outcome(small) == "higher" and small.equivalent()  # real, and smaller than what matters
+    assert "smaller than the ±0.01 margin" in verdict(small)
+    noisy = compare(rng.normal(1.9, 0.05, 3), rng.normal(1.9, 0.05, 3), "a", "b", margin=0.01)
+    assert outcome(noisy) == "inconclusive" and "not shown" in verdict(noisy)
+    real = compare(base, base + 0.05 + rng.normal(0, 0.002, 10), "a", "b", paired=True, margin=0.01)
+    assert outcome(real) == "higher" and real.p_equivalent > 0.5
+    # TOST by hand: diff 0, se 0.002, df 9, margin 0.01 → p = t.sf(5, 9)
+    assert tost(0.0, 0.002, 9, 0.01) == pytest.approx(stats.t.sf(5.0, 9))
+    assert math.isnan(tost(0.0, 0.002, 9, math.nan))
+
+
+def test_tost_keeps_its_false_equivalence_rate_at_alpha():
+    """True difference exactly at the margin: 'equivalent' must be said in at most 5 % of experiments."""
+    rng = np.random.default_rng(6)
+    trials = 2000
+    hits = sum(compare(rng.normal(0, 1, 8), rng.normal(0.5, 1, 8), margin=0.5).equivalent() for _ in range(trials))
+    assert hits / trials < 0.065
+
+
+def test_holm_consistent_cis_exclude_zero_exactly_when_holm_rejects():
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        comps = adjust([compare(rng.normal(0, 1, 5), rng.normal(rng.choice([0, 1.5]), 1, 5))
+                        for _ in range(int(rng.integers(2, 7)))])
+        for c in comps:
+            excludes = c.ci_low > 0 or c.ci_high < 0
+            assert excludes == c.significant(), (c.p, c.p_adjusted, c.ci_low, c.ci_high, c.ci_level)
+            assert c.ci_level >= 0.95
+
+
+def test_minimum_detectable_effect_has_the_power_it_claims():
+    from gptlab.lab.stats import minimum_detectable_effect
+
+    rng = np.random.default_rng(8)
+    sd, n = 1.0, 6
+    mde = minimum_detectable_effect(sd / math.sqrt(n), n - 1)
+    hits = sum(compare(np.zeros(n), rng.normal(mde, sd, n), paired=True).significant() for _ in range(2000))
+    assert 0.75 < hits / 2000 < 0.85  # 80 % power (paired against a constant: a one-sample t-test)
+
+
+def test_bootstrap_is_left_out_below_ten_runs():
+    rng = np.random.default_rng(9)
+    assert math.isnan(compare(rng.normal(0, 1, 5), rng.normal(0, 1, 5)).boot_low)
+    assert not math.isnan(compare(rng.normal(0, 1, 10), rng.normal(0, 1, 10)).boot_low)
+
+
+def test_pairing_is_by_seed_id_with_a_missing_seed():
+    from gptlab.lab.stats import compare_by_seed
+
+    offsets = {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}  # large seed effects shared by both arms
+    a = {s: 1.0 + o for s, o in offsets.items()}
+    b = {s: 1.1 + o + 0.001 * s for s, o in offsets.items() if s != 2}  # seed 2 missing in b
+    c = compare_by_seed(a, b)
+    assert c.test == "paired" and c.n_a == c.n_b == 4 and c.dropped == 1
+    assert c.diff == pytest.approx(np.mean([0.1 + 0.001 * s for s in (0, 1, 3, 4)]))
+    assert c.p < 1e-4  # paired by position (0,1,2,3 vs 0,1,3,4) would mismatch offsets and lose it
+    by_position = compare(list(a.values())[:4], list(b.values()), paired=True)
+    assert by_position.p > 0.1
 
 
 def test_false_positive_rate_under_the_null_stays_near_five_percent():

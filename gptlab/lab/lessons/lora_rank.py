@@ -237,8 +237,8 @@ def total_delta(model, base: dict[str, torch.Tensor]) -> float:
 def trend_words(t: stats.Trend) -> str:
     if math.isnan(t.p):
         return "too few runs"
-    if t.p >= 0.05:
-        return "no significant trend with rank"
+    if t.p >= 0.05:  # not evidence of a flat line: the CI of the slope says how flat it may be
+        return f"inconclusive: no trend shown with rank (slope CI {t.ci_low:+.4f} to {t.ci_high:+.4f})"
     return "loss falls as rank grows" if t.slope < 0 else "loss rises as rank grows"
 
 

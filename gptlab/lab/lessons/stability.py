@@ -91,14 +91,15 @@ class StabilityLesson(Lesson):
                              "the baseline, paired by seed, Holm-corrected; diverged runs count at ln(vocabulary).")]
         rows = [["variant", "sensitivity (mean ± 95 % CI)", "diverged runs", "best lr"]]
         for variant, values in sens.items():
-            s = stats.summarize(values)
+            s = stats.summarize(list(values.values()))
             div = [c.summary.get("diverged", 0) for c in results.cells if c.variant == variant]
             means = {lr: np.mean(results.values(f"lr{lr:g}", variant, "val_loss") or [math.nan]) for lr in lrs}
             rows.append([variant, f"{s.mean:.4f}" + ("" if math.isnan(s.ci_low) else f" ± {s.half_width:.4f}"),
                          f"{sum(div)}/{len(div)}", f"{min(means, key=means.get):g}"])
         blocks.append(Block("table", items=rows))
-        comps = stats.adjust([stats.compare(sens[BASELINE], sens[v], BASELINE, v, paired=True)
-                              for v in sens if v != BASELINE and BASELINE in sens])
+        comps = sensitivity_comparisons(sens, self.equivalence_margin)
+        blocks.append(Block("p", f"A second Holm family, separate from the final-loss table's (another question): these "
+                                 f"{len(comps)} comparisons of sensitivity, equivalence margin ±{self.equivalence_margin:g}."))
         blocks.append(Block("ul", items=[stats.verdict(c, "LR sensitivity") for c in comps]))
         blocks.append(Block("img", "loss_vs_lr.png", items=["final val loss against peak learning rate"]))
         blocks.append(Block("img", "attention_growth.png",
@@ -112,25 +113,33 @@ class StabilityLesson(Lesson):
         sens = sensitivities(results, lrs)
         if BASELINE not in sens:
             return []
-        comps = stats.adjust([stats.compare(sens[BASELINE], sens[v], BASELINE, v, paired=True)
-                              for v in sens if v != BASELINE])
-        wider = [c.b for c in comps if c.significant() and c.diff < 0]
-        narrower = [c.b for c in comps if c.significant() and c.diff > 0]
-        same = [c.b for c in comps if not c.significant()]
-        return [f"Widen the stable range (lower sensitivity than the baseline): {', '.join(wider) or 'none'}. "
-                f"Narrow it: {', '.join(narrower) or 'none'}. No significant change: {', '.join(same) or 'none'}."]
+        comps = sensitivity_comparisons(sens, self.equivalence_margin)
+        kinds = {k: [c.b for c in comps if stats.outcome(c) == k] for k in ("lower", "higher", "equivalent", "inconclusive")}
+        return [f"Widen the stable range (lower sensitivity than the baseline): {', '.join(kinds['lower']) or 'none'}. "
+                f"Narrow it: {', '.join(kinds['higher']) or 'none'}. Equivalent to the baseline within "
+                f"±{self.equivalence_margin:g}: {', '.join(kinds['equivalent']) or 'none'}. Inconclusive at these seeds: "
+                f"{', '.join(kinds['inconclusive']) or 'none'}."]
 
 
-def sensitivities(results, lrs: list[float]) -> dict[str, list[float]]:
+def sensitivity_comparisons(sens: dict[str, dict[int, float]], margin: float) -> list[stats.Comparison]:
+    """Each variant's sensitivity against the baseline's, paired by seed id; one Holm family."""
+    if BASELINE not in sens:
+        return []
+    return stats.adjust([stats.compare_by_seed(sens[BASELINE], sens[v], BASELINE, v, margin)
+                         for v in sens if v != BASELINE])
+
+
+def sensitivities(results, lrs: list[float]) -> dict[str, dict[int, float]]:
     out = {}
     for variant in results.variants:
         per_seed = {}
         for c in results.cells:
             if c.variant == variant and isinstance(c.summary.get("val_loss"), (int, float)):
                 per_seed.setdefault(c.seed, {})[float(c.condition[2:])] = c.summary["val_loss"]
-        complete = [v for v in per_seed.values() if len(v) == len(lrs)]
+        complete = {seed: v for seed, v in per_seed.items() if len(v) == len(lrs)}
         if complete:
-            out[variant] = [float(np.mean([loss - min(v.values()) for loss in v.values()])) for v in complete]
+            out[variant] = {seed: float(np.mean([loss - min(v.values()) for loss in v.values()]))
+                            for seed, v in sorted(complete.items())}
     return out
 
 

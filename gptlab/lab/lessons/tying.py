@@ -13,6 +13,7 @@ import dataclasses
 import torch
 
 from gptlab.config import RunConfig
+from gptlab.lab import stats
 from gptlab.lab.grid import Condition, Dataset, Grid, Variant
 from gptlab.lab.lesson import Lesson
 from gptlab.model import GPT, count_parameters
@@ -84,22 +85,22 @@ class TyingLesson(Lesson):
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_embd=width))
 
     def discussion(self, results) -> list[str]:
-        comparisons = results.compare(self.comparisons(), self.metric)
-        helps, hurts, same = [], [], []
+        comparisons = results.compare(self.comparisons(), self.metric, self.equivalence_margin)
+        kinds: dict[str, list[str]] = {"higher": [], "lower": [], "equivalent": [], "inconclusive": []}
         for condition, c in comparisons:
             # the comparison is tied (baseline) → untied; tying helps when untying raises the loss
-            where = f"{condition} (vs {c.b}: {c.diff:+.3f})"
-            (same if not c.significant() else hurts if c.diff < 0 else helps).append(where)
+            kinds[stats.outcome(c)].append(f"{condition} (vs {c.b}: {c.diff:+.3f})")
         shares = []
         for condition in results.conditions:
             tied = results.values(condition, "tied", "embedding_fraction")
             untied = results.values(condition, "untied", "embedding_fraction")
             if tied and untied:
                 shares.append(f"{condition} {tied[0]:.0%} tied / {untied[0]:.0%} untied")
-        text = [f"Tying significantly helps (untying raises {self.metric_label}) in: {', '.join(helps) or 'none'}. "
-                f"Tying significantly hurts (untying lowers it) in: {', '.join(hurts) or 'none'}. "
-                f"No significant difference in: {', '.join(same) or 'none'}. "
-                "Differences are mean(untied arm) − mean(tied), Holm-corrected."]
+        text = [f"Tying significantly helps (untying raises {self.metric_label}) in: {', '.join(kinds['higher']) or 'none'}. "
+                f"Tying significantly hurts (untying lowers it) in: {', '.join(kinds['lower']) or 'none'}. "
+                f"Equivalent within ±{self.equivalence_margin:g} in: {', '.join(kinds['equivalent']) or 'none'}. "
+                f"Inconclusive at these seeds in: {', '.join(kinds['inconclusive']) or 'none'}. "
+                "Differences are mean(untied arm) − mean(tied), one Holm family."]
         if shares:
             text.append("Share of parameters in the embedding tables: " + "; ".join(shares) + ".")
         widths = {c.condition: c.summary.get("parameters") for c in results.cells if c.variant == "untied-matched"}

@@ -507,8 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_parser("list", help="the lessons, their question and grid sizes").set_defaults(func=cmd_lab)
     q = lab.add_parser("run", help="run (or continue) a lesson's grid and write its report")
     q.add_argument("lesson", help="a lesson name from `gptlab lab list`")
-    q.add_argument("--profile", default="quick", help="quick (minutes, for a first look and tests) or full "
-                   "(the real experiment, up to an hour on 2 cores); default quick")
+    q.add_argument("--profile", default="quick", help="quick (minutes, for a first look and tests), full "
+                   "(the real experiment, up to an hour on 2 cores), or calibrate / calibrate-quick (the baseline arm "
+                   "of full / quick with 20 seeds: the false-positive rate of the lesson's tests on A/A splits of "
+                   "real runs, and a normality check); default quick")
     q.add_argument("--out", metavar="DIR", help="default: runs/lab/LESSON-PROFILE")
     q.add_argument("--jobs", type=count(1, 256), default=1, help="cells run in parallel processes, sharing the cores "
                    "(default 1)")

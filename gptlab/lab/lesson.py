@@ -15,6 +15,7 @@ from typing import Any
 from gptlab.config import RunConfig
 from gptlab.data import TokenData, prepare
 from gptlab.errors import ConfigError
+from gptlab.lab.calibrate import SOURCES, calibration_grid
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant
 from gptlab.model import count_parameters
 from gptlab.model.flops import embedding_parameters
@@ -40,9 +41,14 @@ class Lesson:
         raise NotImplementedError
 
     def grid(self, profile: str) -> Grid:
+        """A declared profile, or `calibrate` / `calibrate-quick`: the baseline arm of the full / quick profile
+        with many seeds, to measure the test pipeline's false-positive rate (gptlab.lab.calibrate)."""
         profiles = self.profiles()
+        if profile in SOURCES:
+            return calibration_grid(self.grid(SOURCES[profile]), self.comparisons()[0][0])
         if profile not in profiles:
-            raise ConfigError(f"lesson {self.name} has no profile {profile!r}; profiles: {', '.join(profiles)}")
+            raise ConfigError(f"lesson {self.name} has no profile {profile!r}; profiles: "
+                              f"{', '.join([*profiles, *SOURCES])}")
         return profiles[profile]
 
     def comparisons(self) -> list[tuple[str, str]]:

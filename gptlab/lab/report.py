@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from gptlab.io import atomic_write, atomic_write_text  # noqa: E402
 from gptlab.lab import stats  # noqa: E402
+from gptlab.lab.calibrate import SOURCES, calibration_blocks  # noqa: E402
 from gptlab.lab.lesson import Lesson  # noqa: E402
 from gptlab.lab.results import Results, load_results  # noqa: E402
 
@@ -170,6 +171,11 @@ def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
             rows.append(row)
     blocks.append(Block("table", items=rows))
 
+    if meta.get("profile") in SOURCES:  # one arm, many seeds: the pipeline's calibration instead of verdicts
+        blocks += calibration_blocks(results, lesson, results.directory)
+        blocks.append(Block("h2", "Plots"))
+        blocks.append(Block("img", "curves.png", items=[f"{lesson.metric_label} during training"]))
+        return blocks + [Block("img", "final.png", items=[f"final {lesson.metric_label}"])]
     comparisons = results.compare(lesson.comparisons(), lesson.metric, lesson.equivalence_margin)
     blocks.append(Block("h2", "Comparisons"))
     blocks.append(Block("p", f"Difference = mean(other) − mean(baseline) in {lesson.metric_label}; paired t-test on "

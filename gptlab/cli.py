@@ -258,7 +258,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
 
 def cmd_quant(args: argparse.Namespace) -> None:
-    from gptlab.lab.report import Block, to_markdown
+    from gptlab.document import Block, to_markdown
     from gptlab.quant.inspect import as_records, stats_table
     from gptlab.quant.workflow import describe, inspect_run
     from gptlab.run import set_threads

@@ -35,6 +35,9 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True
     positions: PositionKind = "learned"
+    # sinusoidal positions: the table at the embeddings' init scale, the original Transformer's recipe (embeddings
+    # × √d + a unit table), or the init-scale table times a learned gain (see gptlab.model.positions)
+    sinusoidal_scale: Literal["init", "transformer", "learned"] = "init"
     rope_base: float = 10000.0
     rope_fraction: float = 1.0  # share of each head's dimensions that RoPE rotates
     # RoPE context extension without retraining (evaluation or fine-tuning time): position interpolation

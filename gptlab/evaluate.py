@@ -52,3 +52,40 @@ def evaluate(model: GPT, tokens: np.ndarray, length: int, batch_size: int = 8, m
     per_position = (position_sum / len(starts)).tolist()
     mean = float(sum(per_position) / length)
     return EvalResult(length, mean, math.exp(mean), len(starts) * length, per_position)
+
+
+@torch.no_grad()
+def evaluate_same_targets(model: GPT, tokens: np.ndarray, lengths: list[int], target_len: int, n_windows: int,
+                          batch_size: int = 8, longest: int | None = None) -> dict[int, EvalResult | None]:
+    """Loss on the same target tokens at every context length: only the context before them changes.
+
+    `n_windows` windows end at fixed places spread over the split; at length L a window is the L tokens before
+    its end, and `loss` averages the last `target_len` predictions of it — the same tokens for every L (at
+    absolute positions L − target_len … L − 1, so past the training length they test extrapolation too).
+    `per_position` is the mean loss at every position of the window. A length the model cannot represent is
+    None. `longest` places the windows for that length, so separate calls (one model per length) share them."""
+    longest = max(lengths + [longest or 0])
+    if min(lengths) < target_len:
+        raise GptlabError(f"every length must hold the {target_len} target tokens, got {min(lengths)}")
+    room = len(tokens) - 1 - longest
+    if room < 0:
+        raise GptlabError(f"the split has {len(tokens)} tokens, too few for one window of {longest}")
+    ends = np.unique(np.linspace(longest, longest + room, n_windows).round().astype(int))
+    limit = model.max_positions()
+    model.eval()
+    device = model.wte.weight.device
+    out: dict[int, EvalResult | None] = {}
+    for length in lengths:
+        if limit is not None and length > limit:
+            out[length] = None
+            continue
+        position_sum = torch.zeros(length, dtype=torch.float64)
+        for i in range(0, len(ends), batch_size):
+            rows = np.stack([tokens[e - length: e + 1] for e in ends[i: i + batch_size]]).astype(np.int64)
+            batch = torch.from_numpy(rows).to(device)
+            loss = F.cross_entropy(model(batch[:, :-1]).float().transpose(1, 2), batch[:, 1:], reduction="none")
+            position_sum += loss.sum(0).double().cpu()
+        per_position = (position_sum / len(ends)).tolist()
+        mean = float(sum(per_position[-target_len:]) / target_len)
+        out[length] = EvalResult(length, mean, math.exp(mean), len(ends) * target_len, per_position)
+    return out

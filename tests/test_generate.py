@@ -57,3 +57,27 @@ def test_streaming_decoder_never_splits_a_character():
     dec = StreamingDecoder(tok)
     pieces = [dec.push(i) for i in ids] + [dec.flush()]
     assert "".join(pieces) == "héllo ☃ wörld" and not any("\ufffd" in p for p in pieces)
+
+
+def test_same_target_evaluation_scores_the_same_tokens_at_every_length():
+    import numpy as np
+
+    from gptlab.config import ModelConfig
+    from gptlab.evaluate import evaluate_same_targets
+    from gptlab.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=13, n_layer=1, n_head=2, n_embd=16, block_size=8, positions="rope")).eval()
+    tokens = np.random.default_rng(0).integers(0, 13, 400).astype(np.uint16)
+    out = evaluate_same_targets(model, tokens, [8, 16, 32], target_len=8, n_windows=20)
+    # by hand at length 16: the windows end at the same places; the last 8 predictions are the targets
+    ends = np.unique(np.linspace(32, 32 + len(tokens) - 1 - 32, 20).round().astype(int))
+    total = 0.0
+    for e in ends:
+        x = torch.from_numpy(tokens[e - 16: e + 1].astype(np.int64))[None]
+        logits = model(x[:, :-1])
+        total += float(torch.nn.functional.cross_entropy(logits[0, -8:], x[0, -8:]))
+    assert out[16].loss == pytest.approx(total / len(ends), rel=1e-5)
+    assert out[8].tokens == out[32].tokens == 8 * len(ends)
+    learned = GPT(ModelConfig(vocab_size=13, n_layer=1, n_head=2, n_embd=16, block_size=8)).eval()
+    assert evaluate_same_targets(learned, tokens, [8, 16], 8, 10)[16] is None  # past its table: cannot run

@@ -124,3 +124,25 @@ def test_sinusoid_table_has_the_scale_of_a_freshly_initialised_embedding():
     table = scheme.embed(torch.zeros(512, 64), torch.arange(512))
     assert float(table.pow(2).mean().sqrt()) == pytest.approx(0.02, rel=0.02)
     assert float(table[0, 32]) == pytest.approx(0.02 * math.sqrt(2))  # cos(0), scaled
+
+
+def test_sinusoid_transformer_recipe_and_learned_gain():
+    from gptlab.model import GPT
+    from gptlab.model.positions import SINUSOID_SCALE, SinusoidalPositions
+
+    tokens = torch.randn(8, 64) * 0.02
+    original = SinusoidalPositions(ModelConfig(n_embd=64, n_head=4, positions="sinusoidal",
+                                               sinusoidal_scale="transformer"))
+    unit = original.embed(torch.zeros(8, 64), torch.arange(8))
+    assert float(unit[0, 32]) == pytest.approx(1.0)  # a unit-amplitude table ...
+    torch.testing.assert_close(original.embed(tokens, torch.arange(8)), tokens * 8.0 + unit)  # ... over √d · tokens
+    cfg = ModelConfig(vocab_size=11, n_layer=1, n_embd=16, n_head=2, block_size=8, positions="sinusoidal",
+                      sinusoidal_scale="learned")
+    model = GPT(cfg)
+    assert float(model.positions.gain) == pytest.approx(SINUSOID_SCALE)
+    model(torch.randint(0, 11, (2, 8))).sum().backward()
+    assert model.positions.gain.grad is not None and float(model.positions.gain.grad) != 0.0  # it trains
+    from gptlab.train.optim import param_groups
+
+    no_decay = {id(p) for p in param_groups(model, 0.1)[1]["params"]}
+    assert id(model.positions.gain) in no_decay  # a scale, like a norm's: never decayed

@@ -62,7 +62,7 @@ def rate_ci(rate: float, trials: int) -> tuple[float, float]:
 def plot_qq(values: list[float], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
-    from gptlab.lab.report import save_figure
+    from gptlab.lab.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(5, 4.2), dpi=110)
     (theoretical, ordered), (slope, intercept, _) = sps.probplot(values, dist="norm")
@@ -75,7 +75,7 @@ def plot_qq(values: list[float], path: Path, title: str) -> None:
 
 def calibration_blocks(results, lesson, directory: Path) -> list:
     """The report of a calibrate profile: the seed noise, its normality, and the A/A false-positive rates."""
-    from gptlab.lab.report import Block
+    from gptlab.document import Block
 
     condition, variant = results.conditions[0], results.variants[0]
     values = results.by_seed(condition, variant, lesson.metric)

@@ -6,7 +6,9 @@ condition's overrides, then the variant's, then the seed, each a dotted `key=val
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from gptlab.config import RunConfig, apply_overrides
@@ -55,9 +57,12 @@ class Grid:
     seeds: tuple[int, ...]
     base: Mapping[str, Any] = field(default_factory=dict)  # budget and shared settings
     exclude: tuple[tuple[str, str], ...] = ()  # (condition, variant) pairs that do not apply
+    # The lesson's own settings for this profile that are not a cell's config (a base model's recipe, the
+    # evaluation windows ...): every cell of the grid carries them.
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     def with_seeds(self, n: int) -> "Grid":
-        return Grid(self.conditions, self.variants, tuple(range(n)), self.base, self.exclude)
+        return dataclasses.replace(self, seeds=tuple(range(n)))
 
     def applies(self, condition: Condition, variant: Variant) -> bool:
         return (condition.name, variant.name) not in self.exclude
@@ -75,7 +80,13 @@ class Grid:
             "seeds": list(self.seeds),
             "base": dict(self.base),
             "exclude": [list(pair) for pair in self.exclude],
+            "settings": dict(self.settings),
         }
+
+
+def cell_path(root: str | Path, condition: str, variant: str, seed: int) -> Path:
+    """Where a cell lives in a lesson's directory: ROOT/cells/CONDITION/VARIANT/seedN."""
+    return Path(root) / "cells" / condition / variant / f"seed{seed}"
 
 
 @dataclass(frozen=True)
@@ -84,10 +95,14 @@ class Cell:
     variant: Variant
     seed: int
     config: RunConfig
+    settings: Mapping[str, Any] = field(default_factory=dict)  # the grid's lesson settings
 
     @property
     def name(self) -> str:
         return f"{self.condition.name}/{self.variant.name}/seed{self.seed}"
+
+    def directory(self, root: str | Path) -> Path:
+        return cell_path(root, self.condition.name, self.variant.name, self.seed)
 
     def identity(self) -> dict[str, Any]:
         return {"condition": self.condition.name, "variant": self.variant.name, "seed": self.seed,

@@ -94,6 +94,21 @@ class Lesson:
         return []
 
 
+def ensure_trained(directory: Path, data_dir: Path, cfg: RunConfig, message: str) -> Path:
+    """A lesson's shared run (a base model its cells start from), trained to `cfg.train.max_steps` once and
+    finished after an interruption (bit for bit, like `gptlab train --resume`); later invocations reuse it."""
+    from gptlab.train.checkpoint import load_checkpoint
+    from gptlab.train.loop import resume, train
+
+    if (directory / "checkpoints" / "last.json").is_file():
+        if load_checkpoint(directory, "last", with_state=False).step < cfg.train.max_steps:
+            resume(directory)
+    else:  # new, or killed before its first checkpoint (nothing to resume: it starts again)
+        print(message, flush=True)
+        train(data_dir, directory, cfg)
+    return directory
+
+
 def _prepared(path: Path, dataset: Dataset) -> bool:
     try:
         meta = json.loads((path / "meta.json").read_text())

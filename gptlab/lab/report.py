@@ -6,79 +6,38 @@ HTML always say the same thing.
 
 from __future__ import annotations
 
-import base64
-import html
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gptlab.io import atomic_write, atomic_write_text  # noqa: E402
+from gptlab.document import Block, fmt, fmt_p, to_html, to_markdown  # noqa: E402
+from gptlab.io import atomic_write_text  # noqa: E402
 from gptlab.lab import stats  # noqa: E402
 from gptlab.lab.calibrate import SOURCES, calibration_blocks  # noqa: E402
 from gptlab.lab.lesson import Lesson  # noqa: E402
+from gptlab.lab.plots import colors, write_figure  # noqa: E402
 from gptlab.lab.results import Results, load_results  # noqa: E402
 
 
-@dataclass
-class Block:
-    kind: str  # "h1" | "h2" | "p" | "ul" | "table" | "img"
-    text: str = ""
-    items: list | None = None  # list items, or table rows (the first row is the header)
-
-
-def fmt(x: float, digits: int = 4) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def fmt_p(p: float) -> str:
-    return "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
-
-
 # -- plots -------------------------------------------------------------------------------------------------------
-def band(samples: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and 95 % CI bounds of each list of per-seed values (a bound is the mean where one run gives none)."""
-    summaries = [stats.summarize(v) for v in samples]
-    mean = np.array([s.mean for s in summaries])
-    low = np.array([s.mean if math.isnan(s.ci_low) else s.ci_low for s in summaries])
-    high = np.array([s.mean if math.isnan(s.ci_high) else s.ci_high for s in summaries])
-    return mean, low, high
-
-
-def save_figure(fig, ax, path: Path, title: str, legend_cols: int = 1) -> None:
-    """The finishing touches every lesson plot shares, then an atomic PNG write."""
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, ncol=legend_cols)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
-
-
-def _colors(variants: list[str]) -> dict[str, str]:
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {v: cycle[i % len(cycle)] for i, v in enumerate(variants)}
-
-
 def plot_curves(results: Results, lesson: Lesson, path: Path) -> None:
     """Val loss over training per condition: the mean over seeds with its 95 % CI band, one colour per variant."""
     n = len(results.conditions)
     cols = min(3, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), dpi=110, squeeze=False)
-    colors = _colors(results.variants)
+    palette = colors(results.variants)
     for ax, condition in zip(axes.flat, results.conditions):
         for variant in results.variants:
             steps, mean, low, high = results.curve_band(condition, variant)
             if len(steps) == 0:
                 continue
-            ax.plot(steps, mean, color=colors[variant], label=variant, lw=1.6)
-            ax.fill_between(steps, low, high, color=colors[variant], alpha=0.2, lw=0)
+            ax.plot(steps, mean, color=palette[variant], label=variant, lw=1.6)
+            ax.fill_between(steps, low, high, color=palette[variant], alpha=0.2, lw=0)
         ax.set_title(condition, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel(lesson.metric_label)
@@ -90,9 +49,7 @@ def plot_curves(results: Results, lesson: Lesson, path: Path) -> None:
             ax.legend(fontsize=8)
             break
     fig.suptitle(f"{lesson.title}: {lesson.metric_label} during training (mean, 95 % CI band over seeds)", fontsize=11)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    write_figure(fig, path)
 
 
 def plot_final(results: Results, lesson: Lesson, path: Path) -> None:
@@ -103,16 +60,16 @@ def plot_final(results: Results, lesson: Lesson, path: Path) -> None:
     k = len(results.variants)
     fig, axes = plt.subplots(rows, cols, figsize=(max(3.2, 0.9 * k + 1.5) * cols, 3.2 * rows), dpi=110,
                              squeeze=False)
-    colors = _colors(results.variants)
+    palette = colors(results.variants)
     for ax, condition in zip(axes.flat, results.conditions):
         for j, variant in enumerate(results.variants):
             values = results.values(condition, variant, lesson.metric)
             if not values:
                 continue
             s = stats.summarize(values)
-            ax.scatter([j] * len(values), values, color=colors[variant], alpha=0.3, s=10)
+            ax.scatter([j] * len(values), values, color=palette[variant], alpha=0.3, s=10)
             err = [[s.mean - s.ci_low], [s.ci_high - s.mean]] if not math.isnan(s.ci_low) else None
-            ax.errorbar([j], [s.mean], yerr=err, fmt="o", color=colors[variant], capsize=4)
+            ax.errorbar([j], [s.mean], yerr=err, fmt="o", color=palette[variant], capsize=4)
         ax.set_xticks(range(k), results.variants, rotation=25, ha="right", fontsize=8)
         ax.set_xlim(-0.6, k - 0.4)
         ax.set_title(condition, fontsize=10)
@@ -121,9 +78,7 @@ def plot_final(results: Results, lesson: Lesson, path: Path) -> None:
         ax.axis("off")
     axes.flat[0].set_ylabel(f"final {lesson.metric_label}")
     fig.suptitle(f"{lesson.title}: final {lesson.metric_label} (mean and 95 % CI; dots are seeds)", fontsize=11)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    write_figure(fig, path)
 
 
 def _interrupted(history: list[dict]) -> str:
@@ -216,57 +171,6 @@ def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
 
 def _settings(overrides: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "—"
-
-
-# -- rendering ---------------------------------------------------------------------------------------------------
-def to_markdown(blocks: list[Block]) -> str:
-    out = []
-    for b in blocks:
-        if b.kind == "h1":
-            out += [f"# {b.text}", ""]
-        elif b.kind == "h2":
-            out += [f"## {b.text}", ""]
-        elif b.kind == "p":
-            out += [b.text, ""]
-        elif b.kind == "ul":
-            out += [f"- {item}" for item in b.items] + [""]
-        elif b.kind == "table":
-            cell = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-            out.append("| " + " | ".join(cell(h) for h in b.items[0]) + " |")
-            out.append("|" + "---|" * len(b.items[0]))
-            out += ["| " + " | ".join(cell(x) for x in row) + " |" for row in b.items[1:]]
-            out.append("")
-        elif b.kind == "img":
-            out += [f"![{b.items[0]}]({b.text})", ""]
-    return "\n".join(out)
-
-
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}li{margin:0.3em 0}"""
-
-
-def to_html(blocks: list[Block], directory: Path) -> str:
-    e = html.escape
-    out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{e(blocks[0].text)}</title><style>{STYLE}</style></head><body>"]
-    for b in blocks:
-        if b.kind in ("h1", "h2"):
-            out.append(f"<{b.kind}>{e(b.text)}</{b.kind}>")
-        elif b.kind == "p":
-            out.append(f"<p>{e(b.text)}</p>")
-        elif b.kind == "ul":
-            out.append("<ul>" + "".join(f"<li>{e(str(i))}</li>" for i in b.items) + "</ul>")
-        elif b.kind == "table":
-            head = "".join(f"<th>{e(str(h))}</th>" for h in b.items[0])
-            body = "".join("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in row) + "</tr>" for row in b.items[1:])
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif b.kind == "img":
-            data = base64.b64encode((directory / b.text).read_bytes()).decode("ascii")
-            out.append(f'<figure><img alt="{e(b.items[0])}" src="data:image/png;base64,{data}">'
-                       f"<figcaption>{e(b.items[0])}</figcaption></figure>")
-    out.append("</body></html>")
-    return "\n".join(out)
 
 
 def write_report(directory: str | Path, lesson: Lesson | None = None) -> Path:

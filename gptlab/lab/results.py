@@ -12,6 +12,7 @@ import numpy as np
 
 from gptlab.errors import GptlabError
 from gptlab.lab import stats
+from gptlab.lab.grid import cell_path
 from gptlab.train.metrics import read_metrics
 
 
@@ -31,6 +32,9 @@ class Results:
     cells: list[CellResult]
     conditions: list[str] = field(default_factory=list)
     variants: list[str] = field(default_factory=list)
+
+    def cell_dir(self, c: CellResult) -> Path:
+        return cell_path(self.directory, c.condition, c.variant, c.seed)
 
     def arm(self, condition: str, variant: str) -> list[CellResult]:
         return sorted((c for c in self.cells if c.condition == condition and c.variant == variant),
@@ -70,8 +74,7 @@ class Results:
         """Two arms whose cells ran the same config (e.g. a variant that changes nothing under this condition):
         comparing them tests nothing, so they are left out of the tests and of Holm's family."""
         def configs(variant: str) -> list[str]:
-            return [(self.directory / "cells" / condition / variant / f"seed{c.seed}" / "config.yaml").read_text()
-                    for c in self.arm(condition, variant)]
+            return [(self.cell_dir(c) / "config.yaml").read_text() for c in self.arm(condition, variant)]
         try:
             return configs(a) == configs(b)
         except OSError:

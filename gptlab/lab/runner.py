@@ -39,7 +39,7 @@ IGNORED_CHANGES = {"train.tensorboard", "train.checkpoint_every", "train.log_eve
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:
-    return out / "cells" / cell.condition.name / cell.variant.name / f"seed{cell.seed}"
+    return cell.directory(out)
 
 
 def plan_cells(lesson: Lesson, grid: Grid, data_dirs: dict[str, Path], extra: list[str], threads: int) -> list[Cell]:
@@ -53,7 +53,7 @@ def plan_cells(lesson: Lesson, grid: Grid, data_dirs: dict[str, Path], extra: li
                 cfg = cell_config(grid, condition, variant, seed, extra, vocab_size=vocab)
                 cfg = lesson.configure(cfg, condition, variant)
                 cfg = apply_overrides(cfg, [f"train.threads={threads}"])
-                cells.append(Cell(condition, variant, seed, cfg))
+                cells.append(Cell(condition, variant, seed, cfg, grid.settings))
     return cells
 
 

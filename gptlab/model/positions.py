@@ -57,8 +57,12 @@ class LearnedPositions(PositionScheme):
         return x + self.wpe(positions)
 
 
-# The sinusoid table is scaled to the token embeddings' initial scale (std 0.02, like a learned table), so at
-# init it neither drowns the tokens (unit amplitude did: val 2.76 vs 1.97 for learned after 600 steps) nor vanishes.
+# How the fixed table meets the token embeddings (model.sinusoidal_scale):
+#   init         the table at the token embeddings' initial scale (std 0.02, like a learned table), so at init it
+#                neither drowns the tokens (a unit table on N(0, 0.02) tokens did: val 2.76 vs 1.97 for learned)
+#                nor vanishes; fixed, while the token embeddings grow during training
+#   transformer  the original Transformer's recipe: token embeddings × √d_model, plus the unit-amplitude table
+#   learned      the `init` table times a learned gain (one scalar), so the balance can follow the tokens
 SINUSOID_SCALE = 0.02 * math.sqrt(2.0)  # sin/cos have RMS 1/sqrt(2)
 
 
@@ -71,13 +75,19 @@ class SinusoidalPositions(PositionScheme):
         inv_freq = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.n_embd = cfg.n_embd
+        self.mode = cfg.sinusoidal_scale
+        if self.mode == "learned":
+            self.gain = nn.Parameter(torch.tensor(SINUSOID_SCALE))
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
         table = torch.cat([angles.sin(), angles.cos()], dim=-1)
         if table.shape[-1] < self.n_embd:  # odd width: pad the last channel
             table = nn.functional.pad(table, (0, self.n_embd - table.shape[-1]))
-        return x + (SINUSOID_SCALE * table).to(x.dtype)
+        if self.mode == "transformer":
+            return x * math.sqrt(self.n_embd) + table.to(x.dtype)
+        scale = self.gain if self.mode == "learned" else SINUSOID_SCALE
+        return x + (scale * table).to(x.dtype)
 
 
 class RotaryPositions(PositionScheme):

@@ -29,6 +29,7 @@ from gptlab.config import save_yaml
 from gptlab.data import TokenData, eval_batches
 from gptlab.evaluate import evaluate
 from gptlab.generate import generate
+from gptlab.lab import stats
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant
 from gptlab.lab.lesson import Lesson
 from gptlab.model import GPT, flops_per_token
@@ -80,7 +81,7 @@ class EfficiencyLesson(Lesson):
         return {"quick": Grid((Condition("char", text, {}, "char Shakespeare"),), variants(QUICK["train.batch_size"]),
                               (0, 1), QUICK),
                 "full": Grid((Condition("char", text, {}, "char Shakespeare"),), variants(FULL["train.batch_size"]),
-                             (0, 1, 2), FULL)}
+                             tuple(range(5)), FULL)}
 
     def comparisons(self) -> list[tuple[str, str]]:
         return [(BASELINE, v.name) for v in variants(8) if v.name != BASELINE]
@@ -111,7 +112,7 @@ class EfficiencyLesson(Lesson):
         return summary
 
     def extra_blocks(self, results, directory: Path) -> list:
-        from gptlab.lab.report import Block
+        from gptlab.document import Block
 
         cells = [c for c in results.cells if c.variant == BASELINE and c.summary.get("decode")]
         blocks = []
@@ -120,14 +121,15 @@ class EfficiencyLesson(Lesson):
             rows = [["variant", "tokens/s", "speed-up vs baseline", "MFU", "held for backward (MB)",
                      "memory vs baseline", "Δ val loss (95 % CI)"]]
             base_mem = np.mean(results.values("char", BASELINE, "saved_mb"))
-            comparisons = dict((c.b, c) for _, c in results.compare(self.comparisons(), self.metric))
+            comparisons = dict((c.b, c) for _, c in results.compare(self.comparisons(), self.metric,
+                                                                    self.equivalence_margin))
             for v in results.variants:
                 tps = results.summary("char", v, "steady_tokens_per_s")
                 if not tps.n:
                     continue
                 mem = np.mean(results.values("char", v, "saved_mb"))
                 c = comparisons.get(v)
-                loss = "—" if c is None else f"{c.diff:+.4f} ({c.ci_low:+.4f} to {c.ci_high:+.4f})"
+                loss = "—" if c is None else f"{c.diff:+.4f} ({c.ci_low:+.4f} to {c.ci_high:+.4f}; {stats.outcome(c)})"
                 rows.append([v, f"{tps.mean:,.0f}", f"{tps.mean / base.mean:.2f}×",
                              f"{np.mean(results.values('char', v, 'mfu')):.1%}", f"{mem:.1f}",
                              f"{mem / base_mem:.2f}×", loss])
@@ -136,7 +138,8 @@ class EfficiencyLesson(Lesson):
                                   "the first, which holds compilation) over the baseline's; MFU against the fp32 "
                                   "matmul peak measured in each cell; memory = bytes autograd holds for backward "
                                   "after one forward of a training batch; Δ val loss = variant − baseline after the "
-                                  "same budget (paired by seed)."),
+                                  "same budget (paired by seed id, Holm-consistent CI): lower / higher, equivalent "
+                                  f"within ±{self.equivalence_margin:g} (TOST), or inconclusive at these seeds."),
                        Block("table", items=rows)]
             plot_speed(results, directory / "speed.png")
             blocks.append(Block("img", "speed.png", items=["tokens/s and memory per technique"]))
@@ -238,7 +241,7 @@ def run_ddp(cell: Cell, cell_dir: Path, data: TokenData, resume: bool) -> dict[s
 def plot_speed(results, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from gptlab.io import atomic_write
+    from gptlab.lab.plots import write_figure
 
     variants_ = [v for v in results.variants if results.values("char", v, "steady_tokens_per_s")]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=110)
@@ -254,6 +257,4 @@ def plot_speed(results, path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("Speed and memory per technique (mean, 95 % CI over seeds)", fontsize=11)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    write_figure(fig, path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,11 @@ from gptlab.config import build_config
 from gptlab.data import TokenData, eval_batches, prepare
 from gptlab.lab import stats
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant, as_overrides
-from gptlab.lab.lesson import Lesson
-from gptlab.run import is_run, load_model
+from gptlab.io import atomic_write_json
+from gptlab.lab.lesson import Lesson, ensure_trained
+from gptlab.run import load_model
 from gptlab.train.checkpoint import model_state
-from gptlab.train.loop import Trainer, lm_loss, resume as resume_run, train
+from gptlab.train.loop import Trainer, lm_loss
 
 ALPHA = 8.0
 FULL = "full"
@@ -49,32 +49,34 @@ def parse_variant(name: str) -> tuple[str, int | None]:
     return scaling, int(r)
 
 
-class Profile:
-    def __init__(self, model: dict, base_train: dict, finetune: dict, ranks: tuple[int, ...], lrs: tuple[float, ...],
-                 shared_lr: float, seeds: int):
-        self.model, self.base_train, self.finetune = model, base_train, finetune
-        self.ranks, self.lrs, self.shared_lr, self.seeds = ranks, lrs, shared_lr, seeds
-
-
+# Per profile: the base model (model, base_train: pretrained once per seed on the plays), the fine-tune budget,
+# the ranks (at most half the smallest adapted width, n_embd: above that "rank" stops meaning a low-rank update),
+# the learning rates, and the seeds: the first `selection_seeds` choose each method's learning rate and best arm,
+# the other `test_seeds` test them (a choice is never tested on the runs it was made on).
 PROFILES = {
-    "quick": Profile(model={"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32,
-                            "model.bias": False},
-                     base_train={"train.max_steps": 60, "train.batch_size": 8, "train.lr": 3e-3, "train.warmup_steps": 5,
-                                 "train.eval_every": 30, "train.eval_batches": 4},
-                     finetune={"train.max_steps": 16, "train.batch_size": 8, "train.warmup_steps": 2,
-                               "train.eval_every": 8, "train.eval_batches": 4, "train.checkpoint_every": 8,
-                               "train.log_every": 4, "train.weight_decay": 0.0},
-                     ranks=(1, 8, 64), lrs=(3e-3, 1e-2), shared_lr=3e-3, seeds=2),
-    "full": Profile(model={"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128, "model.block_size": 64,
-                           "model.bias": False},
-                    base_train={"train.max_steps": 1500, "train.batch_size": 32, "train.lr": 3e-3,
-                                "train.min_lr": 3e-4, "train.warmup_steps": 100, "train.eval_every": 250,
-                                "train.eval_batches": 20, "train.weight_decay": 0.1},
-                    finetune={"train.max_steps": 150, "train.batch_size": 32, "train.warmup_steps": 15,
-                              "train.eval_every": 25, "train.eval_batches": 20, "train.checkpoint_every": 50,
-                              "train.log_every": 25, "train.weight_decay": 0.0},
-                    ranks=(1, 4, 16, 64, 256), lrs=(1e-3, 3e-3, 1e-2), shared_lr=3e-3, seeds=5),
+    "quick": {"model": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32,
+                        "model.bias": False},
+              "base_train": {"train.max_steps": 60, "train.batch_size": 8, "train.lr": 3e-3, "train.warmup_steps": 5,
+                             "train.eval_every": 30, "train.eval_batches": 4},
+              "finetune": {"train.max_steps": 16, "train.batch_size": 8, "train.warmup_steps": 2,
+                           "train.eval_every": 8, "train.eval_batches": 4, "train.checkpoint_every": 8,
+                           "train.log_every": 4, "train.weight_decay": 0.0},
+              "ranks": (1, 4, 16), "lrs": (3e-3, 1e-2), "shared_lr": 3e-3, "selection_seeds": 1, "test_seeds": 2},
+    "full": {"model": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128, "model.block_size": 64,
+                       "model.bias": False},
+             "base_train": {"train.max_steps": 1500, "train.batch_size": 32, "train.lr": 3e-3, "train.min_lr": 3e-4,
+                            "train.warmup_steps": 100, "train.eval_every": 250, "train.eval_batches": 20,
+                            "train.weight_decay": 0.1},
+             "finetune": {"train.max_steps": 150, "train.batch_size": 32, "train.warmup_steps": 15,
+                          "train.eval_every": 25, "train.eval_batches": 20, "train.checkpoint_every": 50,
+                          "train.log_every": 25, "train.weight_decay": 0.0},
+             "ranks": (1, 4, 16, 64), "lrs": (1e-3, 3e-3, 1e-2), "shared_lr": 3e-3, "selection_seeds": 3,
+             "test_seeds": 5},
 }
+
+
+def base_dir(workdir: Path, seed: int) -> Path:
+    return workdir / "base" / f"seed{seed}"
 
 
 def lr_name(lr: float) -> str:
@@ -97,9 +99,10 @@ class LoraRankLesson(Lesson):
         for name, p in PROFILES.items():
             poems = Dataset("shakespeare-poems", "char")
             conditions = tuple(Condition(lr_name(lr), poems, {"train.lr": lr, "train.min_lr": lr / 10},
-                                         "shared learning rate" if lr == p.shared_lr else "")
-                               for lr in p.lrs)
-            grids[name] = Grid(conditions, variants(p.ranks), tuple(range(p.seeds)), {**p.model, **p.finetune})
+                                         "shared learning rate" if lr == p["shared_lr"] else "")
+                               for lr in p["lrs"])
+            seeds = tuple(range(p["selection_seeds"] + p["test_seeds"]))
+            grids[name] = Grid(conditions, variants(p["ranks"]), seeds, {**p["model"], **p["finetune"]}, settings=p)
         return grids
 
     def comparisons(self) -> list[tuple[str, str]]:
@@ -108,43 +111,34 @@ class LoraRankLesson(Lesson):
 
     # -- shared artifacts: the tokenizer, the two domains, the base model -------------------------------------
     def prepare_data(self, workdir: Path, grid: Grid) -> dict[str, Path]:
-        profile = next(p for name, p in PROFILES.items() if dict(self.profiles()[name].base) == dict(grid.base))
         data = workdir / "data"
         if not (data / "all" / "meta.json").is_file():  # one char vocabulary for both domains
-            prepare("shakespeare", data / "all", "char")
+            prepare("shakespeare", data / "all", "char", overwrite=True)
         for key, corpus in (("plays", "shakespeare-plays"), ("poems", "shakespeare-poems")):
             if not (data / key / "meta.json").is_file():
-                prepare(corpus, data / key, tokenizer_from=data / "all" / "tokenizer")
-        base = workdir / "base"
-        cfg = build_config(overrides=as_overrides({**profile.model, **profile.base_train}))
-        last = base / "checkpoints" / "last.json"
-        if is_run(base) and not last.is_file():  # killed before its first checkpoint
-            shutil.rmtree(base)
-        if not is_run(base):
-            print(f"pretraining the base model on the plays into {base} ...", flush=True)
-            train(data / "plays", base, cfg)
-        elif json.loads(last.read_text())["step"] < cfg.train.max_steps:
-            resume_run(base)
+                prepare(corpus, data / key, tokenizer_from=data / "all" / "tokenizer", overwrite=True)
+        for seed in grid.seeds:  # one base model per seed, so seed variance includes pretraining
+            cfg = build_config(overrides=as_overrides({**grid.settings["model"], **grid.settings["base_train"],
+                                                       "train.seed": seed}))
+            ensure_trained(base_dir(workdir, seed), data / "plays", cfg,
+                           f"pretraining the base model for seed {seed} on the plays into {base_dir(workdir, seed)} ...")
         return {grid.conditions[0].dataset.key: data / "poems"}
 
     # -- one fine-tuning cell ----------------------------------------------------------------------------------
     def run_cell(self, cell: Cell, cell_dir: Path, data: TokenData, resume: bool, workdir: Path) -> dict[str, Any]:
-        base_model, _, _ = load_model(workdir / "base", "best")
+        base_model, _, _ = load_model(base_dir(workdir, cell.seed), "best")
         base = model_state(base_model)
         trainer = Trainer(cell_dir, cell.config, data, resume=resume, progress=False, quiet=True,
-                          init_state=None if resume else base, info={"init_from": str(workdir / "base")})
+                          init_state=None if resume else base, info={"init_from": str(base_dir(workdir, cell.seed))})
         start_file = cell_dir / "start.json"
         if not resume or not start_file.is_file():
-            start_file.write_text(json.dumps({"start_grad_norm": start_grad_norm(trainer, data)}))
-        trace = cell_dir / "delta.jsonl"
+            atomic_write_json(start_file, {"start_grad_norm": start_grad_norm(trainer, data)})
         every = cell.config.train.eval_every
 
-        def on_step(step: int, loss: float) -> None:
+        def on_step(step: int, loss: float) -> None:  # in metrics.jsonl, so a resume drops what it redoes
             if step % every == 0:
-                record = {"step": step, "delta_norm": total_delta(trainer.model, base),
-                          "per_layer": update_norms(trainer.model)}
-                with trace.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                trainer.metrics.log({"step": step, "delta_norm": total_delta(trainer.model, base),
+                                     "per_layer": update_norms(trainer.model)})
 
         trainer.on_step = on_step
         summary = trainer.run()
@@ -158,31 +152,43 @@ class LoraRankLesson(Lesson):
 
     # -- the report --------------------------------------------------------------------------------------------
     def extra_blocks(self, results, directory: Path) -> list:
-        from gptlab.lab.report import Block
+        from gptlab.document import Block
 
-        analysis = analyse(results, self.metric)
+        analysis = analyse(results, self.metric, self.equivalence_margin)
         if analysis is None:
             return []
         plot_rank(results, analysis, directory / "loss_vs_rank.png", directory / "delta_vs_rank.png")
+        sel, test = analysis["n_select"], analysis["n_test"]
         blocks = [Block("h2", "Learning rates"),
-                  Block("p", "Mean final val loss over every rank and seed, per method and learning rate; the "
-                             "tuned rate of a method is its lowest (chosen on these runs, the same way for each).")]
-        rows = [["method"] + [lr_name(lr) for lr in analysis["lrs"]] + ["tuned"]]
+                  Block("p", f"Mean final val loss over every rank on the {sel} selection seed(s), per method and "
+                             "learning rate; a method's tuned rate is its lowest there, and its best arm the lowest "
+                             f"(rate, rank). Everything below is measured on the {test} other seeds, which no choice "
+                             "looked at.")]
+        rows = [["method"] + [lr_name(lr) for lr in analysis["lrs"]] + ["tuned", "best arm (selection seeds)"]]
         for method in ("lora", "rslora", FULL):
+            if method not in analysis["tuned"]:
+                continue
             rows.append([method] + [f"{analysis['lr_means'][method].get(lr, math.nan):.4f}" for lr in analysis["lrs"]]
-                        + [lr_name(analysis["tuned"][method])])
+                        + [lr_name(analysis["tuned"][method]), arm_name(method, analysis["best"][method])])
         blocks.append(Block("table", items=rows))
+        if analysis["best_tests"]:
+            blocks.append(Block("p", "The best arms against each other on the test seeds (paired by seed id; a "
+                                     f"third Holm family of {len(analysis['best_tests'])} comparisons, equivalence "
+                                     f"margin ±{self.equivalence_margin:g}):"))
+            blocks.append(Block("ul", items=[stats.verdict(c, "val loss") for c in analysis["best_tests"]]))
         blocks.append(Block("h2", "The trend with rank"))
-        blocks.append(Block("p", "Slope of final val loss against log2(rank) (all ranks and seeds, one intercept "
-                                 "per seed since a seed fixes the batches; negative = higher ranks fine-tune "
-                                 "better), at the shared rate and at each method's tuned rate. "
+        blocks.append(Block("p", "Slope of final val loss against log2(rank) on the test seeds (one intercept "
+                                 "per seed since a seed fixes the base model and the batches; negative = higher ranks "
+                                 "fine-tune better), at the shared rate and at each method's tuned rate. "
                                  "Gradient slope: log start-gradient-norm of the adapters against log rank (theory: "
                                  "-0.5 for LoRA, 0 for rsLoRA)."))
         rows = [["method", "learning rate", "slope per doubling of r", "95 % CI", "p", "verdict",
                  "gradient slope"]]
         for method in ("lora", "rslora"):
-            for label, lr in (("shared", analysis["shared_lr"]), ("tuned", analysis["tuned"][method])):
-                t = analysis["trends"][(method, lr)]
+            for label, lr in (("shared", analysis["shared_lr"]), ("tuned", analysis["tuned"].get(method))):
+                t = analysis["trends"].get((method, lr))
+                if t is None:
+                    continue
                 rows.append([method, f"{label} ({lr:g})", f"{t.slope:+.4f}", f"{t.ci_low:+.4f} to {t.ci_high:+.4f}",
                              "n/a" if math.isnan(t.p) else f"{t.p:.3g}", trend_words(t),
                              f"{analysis['grad_slopes'][(method, lr)]:+.2f}"])
@@ -192,21 +198,20 @@ class LoraRankLesson(Lesson):
         return blocks
 
     def discussion(self, results) -> list[str]:
-        analysis = analyse(results, self.metric)
+        analysis = analyse(results, self.metric, self.equivalence_margin)
         if analysis is None:
             return []
         text = []
         for method in ("lora", "rslora"):
-            t_shared = analysis["trends"][(method, analysis["shared_lr"])]
-            t_tuned = analysis["trends"][(method, analysis["tuned"][method])]
+            t_shared = analysis["trends"].get((method, analysis["shared_lr"]))
+            t_tuned = analysis["trends"].get((method, analysis["tuned"].get(method)))
+            if t_shared is None or t_tuned is None:
+                continue
             text.append(f"{method}: at the shared rate, {trend_words(t_shared)} ({t_shared.slope:+.4f} per doubling); "
                         f"at its tuned rate {analysis['tuned'][method]:g}, {trend_words(t_tuned)} "
                         f"({t_tuned.slope:+.4f}).")
-        full = analysis["full_mean"]
-        best = {m: min(analysis["rank_means"][(m, analysis["tuned"][m])].items(), key=lambda kv: kv[1])
-                for m in ("lora", "rslora")}
-        text.append(f"Full fine-tuning at its tuned rate reaches {full:.4f}; the best LoRA arm {best['lora'][1]:.4f} "
-                    f"(r = {best['lora'][0]}), the best rsLoRA arm {best['rslora'][1]:.4f} (r = {best['rslora'][0]}).")
+        for c in analysis["best_tests"]:
+            text.append(f"Best arms (chosen on the selection seeds, tested on the others): {stats.verdict(c, 'val loss')}.")
         return text
 
 
@@ -242,39 +247,77 @@ def trend_words(t: stats.Trend) -> str:
     return "loss falls as rank grows" if t.slope < 0 else "loss rises as rank grows"
 
 
-def analyse(results, metric: str) -> dict | None:
+def analyse(results, metric: str, margin: float = math.nan) -> dict | None:
+    """Choices on the selection seeds, tests on the test seeds.
+
+    On the selection seeds: each method's tuned learning rate (lowest mean over its ranks) and best arm (lowest
+    mean over (learning rate, rank); full fine-tuning over learning rates). On the test seeds, never used for a
+    choice: the trend with rank at the shared and the tuned rates, and the best arms against each other (paired by
+    seed id, one Holm family)."""
     cells = [c for c in results.cells if c.summary.get("scaling")]
     if not cells:
         return None
+    n_select = int(results.meta.get("grid", {}).get("settings", {}).get("selection_seeds", 0))
+    select = [c for c in cells if c.seed < n_select] or cells  # a grid without selection seeds: descriptive only
+    test = [c for c in cells if c.seed >= n_select]
     lrs = sorted({c.summary["lr"] for c in cells})
-    lr_means, rank_means, trends, grad_slopes = {}, {}, {}, {}
-    for method in ("lora", "rslora", FULL):
-        lr_means[method] = {}
-        for lr in lrs:
-            arm = [c for c in cells if c.summary["scaling"] == method and c.summary["lr"] == lr]
-            if arm:
-                lr_means[method][lr] = float(np.mean([c.summary[metric] for c in arm]))
-                if method != FULL:
-                    ranks = sorted({c.summary["rank"] for c in arm})
-                    rank_means[(method, lr)] = {r: float(np.mean([c.summary[metric] for c in arm
-                                                                  if c.summary["rank"] == r])) for r in ranks}
-                    trends[(method, lr)] = stats.trend([math.log2(c.summary["rank"]) for c in arm],
-                                                       [c.summary[metric] for c in arm], groups=[c.seed for c in arm])
-                    g = [(math.log(c.summary["rank"]), math.log(c.summary["start_grad_norm"])) for c in arm]
-                    grad_slopes[(method, lr)] = float(np.polyfit(*zip(*g), 1)[0]) if len(ranks) > 1 else math.nan
+
+    def mean(arm) -> float:
+        return float(np.mean([c.summary[metric] for c in arm])) if arm else math.nan
+
+    def of(pool, method, lr=None, rank=None):
+        return [c for c in pool if c.summary["scaling"] == method and (lr is None or c.summary["lr"] == lr)
+                and (rank is None or c.summary["rank"] == rank)]
+
+    lr_means = {m: {lr: mean(of(select, m, lr)) for lr in lrs if of(select, m, lr)} for m in ("lora", "rslora", FULL)}
     tuned = {m: min(v, key=v.get) for m, v in lr_means.items() if v}
+    best = {}
+    for m in ("lora", "rslora"):
+        arms = {(lr, r): mean(of(select, m, lr, r)) for lr in lrs for r in {c.summary["rank"] for c in of(select, m)}
+                if of(select, m, lr, r)}
+        if arms:
+            best[m] = min(arms, key=arms.get)
+    if FULL in tuned:
+        best[FULL] = (tuned[FULL], None)
+    rank_means, trends, grad_slopes = {}, {}, {}
+    for m in ("lora", "rslora"):
+        for lr in lrs:
+            arm = of(test, m, lr)
+            if not arm:
+                continue
+            ranks = sorted({c.summary["rank"] for c in arm})
+            rank_means[(m, lr)] = {r: mean(of(arm, m, rank=r)) for r in ranks}
+            trends[(m, lr)] = stats.trend([math.log2(c.summary["rank"]) for c in arm], [c.summary[metric] for c in arm],
+                                          groups=[c.seed for c in arm])
+            g = [(math.log(c.summary["rank"]), math.log(c.summary["start_grad_norm"])) for c in of(cells, m, lr)]
+            grad_slopes[(m, lr)] = float(np.polyfit(*zip(*g), 1)[0]) if len(ranks) > 1 else math.nan
+
+    def test_values(m) -> dict[int, float]:
+        lr, r = best[m]
+        return {c.seed: c.summary[metric] for c in of(test, m, lr, r)}
+
+    pairs = [("lora", "rslora"), ("lora", FULL), ("rslora", FULL)]
+    best_tests = stats.adjust([stats.compare_by_seed(test_values(a), test_values(b), arm_name(a, best[a]),
+                                                     arm_name(b, best[b]), margin)
+                               for a, b in pairs if a in best and b in best and test_values(a) and test_values(b)])
     shared = next((float(c["name"][2:]) for c in results.meta["grid"]["conditions"]
                    if c.get("label") == "shared learning rate"), lrs[0])
-    full = [c.summary[metric] for c in cells if c.summary["scaling"] == FULL and c.summary["lr"] == tuned.get(FULL)]
+    full = [c.summary[metric] for c in of(test, FULL, tuned.get(FULL))]
     return {"lrs": lrs, "lr_means": lr_means, "rank_means": rank_means, "trends": trends, "grad_slopes": grad_slopes,
-            "tuned": tuned, "shared_lr": shared, "full_mean": float(np.mean(full)) if full else math.nan,
+            "tuned": tuned, "best": best, "best_tests": best_tests, "shared_lr": shared, "n_select": n_select,
+            "n_test": len({c.seed for c in test}), "full_mean": float(np.mean(full)) if full else math.nan,
             "full_values": full}
+
+
+def arm_name(method: str, choice: tuple[float, int | None]) -> str:
+    lr, r = choice
+    return f"{method} lr {lr:g}" + (f" r {r}" if r is not None else "")
 
 
 def plot_rank(results, analysis: dict, loss_png: Path, delta_png: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from gptlab.io import atomic_write
+    from gptlab.lab.plots import write_figure
 
     cells = [c for c in results.cells if c.summary.get("scaling")]
     colors = {"lora": "tab:blue", "rslora": "tab:orange"}
@@ -304,9 +347,7 @@ def plot_rank(results, analysis: dict, loss_png: Path, delta_png: Path) -> None:
         ax.legend(fontsize=8)
     axes[0].set_ylabel("final val loss (poems)")
     fig.suptitle("Fine-tuning loss against rank (mean, 95 % CI over seeds)", fontsize=11)
-    fig.tight_layout()
-    atomic_write(loss_png, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    write_figure(fig, loss_png)
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     lr = analysis["shared_lr"]
@@ -325,6 +366,4 @@ def plot_rank(results, analysis: dict, loss_png: Path, delta_png: Path) -> None:
     ax.set_title(f"Size of the update (shared lr {lr:g})", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(delta_png, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    write_figure(fig, delta_png)

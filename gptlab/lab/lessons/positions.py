@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from gptlab.config import apply_overrides
-from gptlab.errors import GptlabError
-from gptlab.evaluate import evaluate
+from gptlab.evaluate import evaluate_same_targets
+from gptlab.io import atomic_write_json
 from gptlab.lab import stats
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant
 from gptlab.lab.lesson import Lesson
@@ -43,7 +43,13 @@ QUICK_BASE = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.
               "train.batch_size": 8, "train.max_steps": 30, "train.warmup_steps": 5, "train.lr": 3e-3,
               "train.min_lr": 3e-4, "train.eval_every": 10, "train.eval_batches": 4, "train.checkpoint_every": 10,
               "train.log_every": 5}
-EVAL_WINDOWS = 48  # windows per length, evenly spread over the split: the same tokens for every scheme and seed
+# Windows per length, at fixed places spread over the validation split: the same target tokens for every scheme,
+# seed and length (full: 512 windows × 64 targets = 32,768 scored tokens per reading and length).
+EVAL_WINDOWS = {"quick": 32, "full": 512}
+# The sinusoidal table's setting, chosen by the ablation `gptlab lab run positions --profile sinusoid-ablation`
+# (at the full profile's settings and budget); the report names it.
+SINUSOIDAL_SCALE = "init"
+SINUSOID_ABLATION = ("init", "transformer", "learned")
 
 
 def readings(scheme: str):
@@ -56,22 +62,36 @@ class PositionsLesson(Lesson):
     question = ("Learned absolute positions, fixed sinusoids, rotary embeddings (RoPE), ALiBi and no positions at all "
                 "(NoPE): does the choice matter at the length a model was trained on, and which extrapolates to "
                 "2×, 4× and 8× that length? RoPE is also read with linear interpolation, NTK-aware scaling and YaRN "
-                "(no retraining), and learned positions with the clamp opt-in.")
+                "(no retraining), and learned positions with the clamp opt-in. Every length scores the same target "
+                "tokens (only the context before them grows), on 512 windows. The sinusoidal table uses the setting "
+                "a separate ablation found best at these settings (the sinusoid-ablation profile: the table at the "
+                "embeddings' init scale, the original Transformer's √d recipe, or a learned gain).")
     table_metrics = (("parameters", "parameters", "{:,.0f}"), ("loss_2x", "loss 2×", "{:.4f}"),
                      ("loss_4x", "loss 4×", "{:.4f}"), ("loss_8x", "loss 8×", "{:.4f}"))
 
     def profiles(self) -> dict[str, Grid]:
-        variants = tuple(Variant(s, {"model.positions": s}) for s in SCHEMES)
+        variants = tuple(Variant(s, {"model.positions": s}) for s in SCHEMES if s != "sinusoidal")
+        variants += (Variant("sinusoidal", {"model.positions": "sinusoidal", "model.sinusoidal_scale": SINUSOIDAL_SCALE},
+                             f"table setting {SINUSOIDAL_SCALE!r}, chosen by the sinusoid-ablation profile"),)
+        ablation = tuple(Variant(f"sinusoidal-{m}", {"model.positions": "sinusoidal", "model.sinusoidal_scale": m})
+                         for m in SINUSOID_ABLATION)
+        full = Condition("ctx64", Dataset("shakespeare", "char"))
         return {
-            "quick": Grid((Condition("ctx16", Dataset("shakespeare-poems", "char")),), variants, (0, 1), QUICK_BASE),
-            "full": Grid((Condition("ctx64", Dataset("shakespeare", "char")),), variants, tuple(range(5)), FULL_BASE),
+            "quick": Grid((Condition("ctx16", Dataset("shakespeare-poems", "char")),), variants, (0, 1), QUICK_BASE,
+                          settings={"eval_windows": EVAL_WINDOWS["quick"]}),
+            "full": Grid((full,), variants, tuple(range(5)), FULL_BASE, settings={"eval_windows": EVAL_WINDOWS["full"]}),
+            # which sinusoidal setting is fair, decided at the full profile's settings and budget
+            "sinusoid-ablation": Grid((full,), ablation, tuple(range(3)), FULL_BASE,
+                                      settings={"eval_windows": EVAL_WINDOWS["full"]}),
         }
 
     def comparisons(self) -> list[tuple[str, str]]:
-        return [("rope", s) for s in SCHEMES if s != "rope"]
+        ablation = [(f"sinusoidal-{SINUSOID_ABLATION[0]}", f"sinusoidal-{m}") for m in SINUSOID_ABLATION[1:]]
+        return [("rope", s) for s in SCHEMES if s != "rope"] + ablation
 
     def measure(self, trainer: Trainer, cell: Cell) -> dict[str, Any]:
-        """Loss at each multiple of the training length, for every way of reading the scheme."""
+        """Loss at each multiple of the training length, for every way of reading the scheme, on the same target
+        tokens (the last `block_size` of each window; only the context before them grows)."""
         block = cell.config.model.block_size
         state = trainer.model.state_dict()
         losses: dict[str, dict[str, float | None]] = {}
@@ -82,22 +102,19 @@ class PositionsLesson(Lesson):
                 cfg = apply_overrides(cell.config, settings(float(m)))
                 model = GPT(cfg.model)
                 model.load_state_dict(state)
-                try:
-                    r = evaluate(model.eval(), trainer.data.val, block * m, max_windows=EVAL_WINDOWS)
-                except GptlabError:  # learned positions past the table: "cannot run"
-                    losses[reading][f"{m}x"] = None
-                    continue
-                losses[reading][f"{m}x"] = r.loss
-                if m == MULTIPLES[-1]:
+                r = evaluate_same_targets(model.eval(), trainer.data.val, [block * m], block,
+                                          cell.settings["eval_windows"], longest=block * MULTIPLES[-1])[block * m]
+                losses[reading][f"{m}x"] = None if r is None else r.loss  # None: past a learned table
+                if r is not None and m == MULTIPLES[-1]:
                     curves[reading] = r.per_position
-        (trainer.run_dir / "per_position.json").write_text(json.dumps({"length": block * MULTIPLES[-1],
-                                                                        "train_length": block, "curves": curves}))
+        atomic_write_json(trainer.run_dir / "per_position.json", {"length": block * MULTIPLES[-1],
+                                                                  "train_length": block, "curves": curves})
         native = losses[readings(cell.config.model.positions)[0][0]]
         return {"eval": losses, **{f"loss_{m}x": native[f"{m}x"] for m in MULTIPLES[1:]}}
 
     # -- the report --------------------------------------------------------------------------------------------
     def extra_blocks(self, results, directory: Path) -> list:
-        from gptlab.lab.report import Block
+        from gptlab.document import Block
 
         table = reading_table(results)
         if not table:
@@ -201,7 +218,7 @@ def _style(reading: str) -> dict:
 def plot_lengths(results, table: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from gptlab.lab.report import band, save_figure
+    from gptlab.lab.plots import band, save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for reading, by_length in table.items():
@@ -220,12 +237,12 @@ def plot_lengths(results, table: dict, path: Path) -> None:
 def plot_positions(results, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from gptlab.lab.report import save_figure
+    from gptlab.lab.plots import save_figure
 
     curves: dict[str, list[list[float]]] = {}
     train_length = None
     for c in results.cells:
-        f = results.directory / "cells" / c.condition / c.variant / f"seed{c.seed}" / "per_position.json"
+        f = results.cell_dir(c) / "per_position.json"
         if f.is_file():
             data = json.loads(f.read_text())
             train_length = data["train_length"]

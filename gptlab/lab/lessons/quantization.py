@@ -12,9 +12,7 @@ Every cell's number is the val loss of the quantized model on the same validatio
 from __future__ import annotations
 
 import copy
-import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +24,13 @@ from gptlab.data import TokenData
 from gptlab.evaluate import evaluate
 from gptlab.lab import stats
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant, as_overrides
-from gptlab.lab.lesson import Lesson
+from gptlab.lab.lesson import Lesson, ensure_trained
 from gptlab.quant import convert_qat, quantize, state_bytes
 from gptlab.quant.inspect import as_records, inspect_model
 from gptlab.quant.workflow import calibration_batches
-from gptlab.run import is_run, load_model
+from gptlab.run import load_model
 from gptlab.train.checkpoint import model_state
-from gptlab.train.loop import Trainer, resume as resume_run, train
+from gptlab.train.loop import Trainer
 
 BITS = (8, 6, 4, 3)
 QAT_BITS = (4, 3)
@@ -44,7 +42,9 @@ PTQ = (Variant("tensor", {"quant.granularity": "tensor"}, "weights per tensor"),
        Variant("act-token", {"quant.activations": "token"}, "+ int8 activations, one dynamic scale per token"),
        Variant("act-token-smooth", {"quant.activations": "token", "quant.smooth": 0.5},
                "+ int8 activations per token after SmoothQuant (α = 0.5)"))
-QAT = (Variant("float-ft", {}, "float training for the QAT budget, then PTQ per channel (the fair baseline)"),
+QAT = (Variant("float-ft", {"quant.clip_ratio": QAT_CLIP},
+               "float training for the QAT budget, then PTQ per channel at the QAT arms' clip ratio (the fair "
+               "baseline: the same clipping, so a QAT gain is not a clipping gain)"),
        Variant("qat-ste", {"quant.qat": "ste", "quant.clip_ratio": QAT_CLIP}, "QAT, plain STE"),
        Variant("qat-clipped", {"quant.qat": "clipped", "quant.clip_ratio": QAT_CLIP}, "QAT, clipped STE"),
        Variant("qat-lsq", {"quant.qat": "lsq", "quant.clip_ratio": QAT_CLIP}, "QAT, learned step size (LSQ)"),
@@ -54,34 +54,28 @@ WEIGHT_ONLY = ("tensor", "channel", "group32")
 DECODE_TOKENS = 64
 
 
-class Profile:
-    def __init__(self, model: dict, base_train: dict, finetune: dict, seeds: int, eval_windows: int,
-                 calib_batches: int):
-        self.model, self.base_train, self.finetune = model, base_train, finetune
-        self.seeds, self.eval_windows, self.calib_batches = seeds, eval_windows, calib_batches
-
-
+# Per profile: the float model each seed trains first (model, base_train), the QAT / float fine-tune budget that
+# the cells share (finetune), and the evaluation and calibration sizes.
 PROFILES = {
-    "quick": Profile(model={"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32},
-                     base_train={"train.max_steps": 40, "train.batch_size": 8, "train.lr": 3e-3,
-                                 "train.warmup_steps": 5, "train.eval_every": 20, "train.eval_batches": 4},
-                     finetune={"train.max_steps": 8, "train.batch_size": 8, "train.lr": 1e-3, "train.min_lr": 1e-4,
-                               "train.warmup_steps": 2, "train.eval_every": 4, "train.eval_batches": 4,
-                               "train.checkpoint_every": 4, "train.log_every": 2},
-                     seeds=2, eval_windows=8, calib_batches=2),
-    "full": Profile(model={"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128, "model.block_size": 64},
-                    base_train={"train.max_steps": 1000, "train.batch_size": 32, "train.lr": 3e-3,
-                                "train.min_lr": 3e-4, "train.warmup_steps": 100, "train.eval_every": 250,
-                                "train.eval_batches": 20},
-                    finetune={"train.max_steps": 200, "train.batch_size": 32, "train.lr": 1e-3, "train.min_lr": 1e-4,
-                              "train.warmup_steps": 10, "train.eval_every": 25, "train.eval_batches": 20,
-                              "train.checkpoint_every": 50, "train.log_every": 10},
-                    seeds=5, eval_windows=256, calib_batches=8),
+    "quick": {"model": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32},
+              "base_train": {"train.max_steps": 40, "train.batch_size": 8, "train.lr": 3e-3, "train.warmup_steps": 5,
+                             "train.eval_every": 20, "train.eval_batches": 4},
+              "finetune": {"train.max_steps": 8, "train.batch_size": 8, "train.lr": 1e-3, "train.min_lr": 1e-4,
+                           "train.warmup_steps": 2, "train.eval_every": 4, "train.eval_batches": 4,
+                           "train.checkpoint_every": 4, "train.log_every": 2},
+              "seeds": 2, "eval_windows": 8, "calib_batches": 2},
+    "full": {"model": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128, "model.block_size": 64},
+             "base_train": {"train.max_steps": 1000, "train.batch_size": 32, "train.lr": 3e-3, "train.min_lr": 3e-4,
+                            "train.warmup_steps": 100, "train.eval_every": 250, "train.eval_batches": 20},
+             "finetune": {"train.max_steps": 200, "train.batch_size": 32, "train.lr": 1e-3, "train.min_lr": 1e-4,
+                          "train.warmup_steps": 10, "train.eval_every": 25, "train.eval_batches": 20,
+                          "train.checkpoint_every": 50, "train.log_every": 10},
+             "seeds": 5, "eval_windows": 256, "calib_batches": 8},
 }
 
 
-def profile_of(lesson: "QuantizationLesson", grid: Grid) -> Profile:
-    return next(p for name, p in PROFILES.items() if dict(lesson.profiles()[name].base) == dict(grid.base))
+def base_dir(workdir: Path, seed: int) -> Path:
+    return workdir / "base" / f"seed{seed}"
 
 
 class QuantizationLesson(Lesson):
@@ -102,8 +96,8 @@ class QuantizationLesson(Lesson):
             text = Dataset("shakespeare", "char")
             conditions = tuple(Condition(f"w{b}", text, {"quant.bits": b}, f"{b}-bit weights") for b in BITS)
             exclude = tuple((f"w{b}", v.name) for b in BITS if b not in QAT_BITS for v in QAT)
-            base = {**p.model, **p.finetune, "quant.calib_batches": p.calib_batches}
-            grids[name] = Grid(conditions, PTQ + QAT, tuple(range(p.seeds)), base, exclude)
+            base = {**p["model"], **p["finetune"], "quant.calib_batches": p["calib_batches"]}
+            grids[name] = Grid(conditions, PTQ + QAT, tuple(range(p["seeds"])), base, exclude, settings=p)
         return grids
 
     def comparisons(self) -> list[tuple[str, str]]:
@@ -114,30 +108,23 @@ class QuantizationLesson(Lesson):
     # -- shared artifacts: one trained float model per seed ----------------------------------------------------
     def prepare_data(self, workdir: Path, grid: Grid) -> dict[str, Path]:
         dirs = super().prepare_data(workdir, grid)
-        profile = profile_of(self, grid)
         data_dir = next(iter(dirs.values()))
         for seed in grid.seeds:
-            base = workdir / "base" / f"seed{seed}"
-            cfg = build_config(overrides=as_overrides({**profile.model, **profile.base_train, "train.seed": seed}))
-            last = base / "checkpoints" / "last.json"
-            if is_run(base) and not last.is_file():  # killed before its first checkpoint
-                shutil.rmtree(base)
-            if not is_run(base):
-                print(f"training the float model for seed {seed} into {base} ...", flush=True)
-                train(data_dir, base, cfg)
-            elif json.loads(last.read_text())["step"] < cfg.train.max_steps:
-                resume_run(base)
+            cfg = build_config(overrides=as_overrides({**grid.settings["model"], **grid.settings["base_train"],
+                                                       "train.seed": seed}))
+            ensure_trained(base_dir(workdir, seed), data_dir, cfg,
+                           f"training the float model for seed {seed} into {base_dir(workdir, seed)} ...")
         return dirs
 
     # -- one cell ----------------------------------------------------------------------------------------------
     def run_cell(self, cell: Cell, cell_dir: Path, data: TokenData, resume: bool, workdir: Path) -> dict[str, Any]:
         cfg = cell.config
-        profile = PROFILES[json.loads((workdir / "lesson.json").read_text())["profile"]]
-        float_model, _, _ = load_model(workdir / "base" / f"seed{cell.seed}", "best")
+        windows = cell.settings["eval_windows"]
+        float_model, _, _ = load_model(base_dir(workdir, cell.seed), "best")
         length = cfg.model.block_size
 
         def loss_of(model) -> float:
-            return evaluate(model, data.val, length, max_windows=profile.eval_windows).loss
+            return evaluate(model, data.val, length, max_windows=windows).loss
 
         float_loss = loss_of(float_model)
         out: dict[str, Any] = {"float_loss": float_loss, "bits": cfg.quant.bits}
@@ -145,7 +132,7 @@ class QuantizationLesson(Lesson):
         if cell.variant.name in {v.name for v in QAT}:
             trainer = Trainer(cell_dir, cfg, data, resume=resume, progress=False, quiet=True,
                               init_state=None if resume else model_state(float_model),
-                              info={"init_from": str(workdir / "base" / f"seed{cell.seed}")})
+                              info={"init_from": str(base_dir(workdir, cell.seed))})
             out.update(trainer.run())
             model = trainer.model.eval()
             if cfg.quant.qat == "none":  # the float baseline: PTQ after the same extra training
@@ -157,7 +144,7 @@ class QuantizationLesson(Lesson):
             model = quantize(copy.deepcopy(float_model), cfg.quant, calibration=calibration)
             if cell.variant.name == "channel":  # where the damage comes from, layer by layer
                 layers = inspect_model(float_model, cfg.quant, calibration, data.val, length,
-                                       max_windows=max(4, profile.eval_windows // 4))
+                                       max_windows=max(4, windows // 4))
                 out["layers"] = as_records(layers)
         if cell.variant.name in WEIGHT_ONLY:  # speed per format: the same greedy generation, float and quantized
             out["decode_tokens_per_s"] = decode_speed(model, data)
@@ -186,7 +173,7 @@ class QuantizationLesson(Lesson):
         return text
 
     def extra_blocks(self, results, directory: Path) -> list:
-        from gptlab.lab.report import Block
+        from gptlab.document import Block
 
         blocks = []
         if plot_bits(results, directory / "loss_vs_bits.png"):
@@ -236,7 +223,7 @@ def decode_speed(model, data: TokenData) -> float:
 
 
 def layer_report(results, directory: Path) -> list:
-    from gptlab.lab.report import Block
+    from gptlab.document import Block
 
     per_bits = {}
     for b in BITS:
@@ -267,7 +254,7 @@ def layer_report(results, directory: Path) -> list:
 def plot_bits(results, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
-    from gptlab.io import atomic_write
+    from gptlab.lab.plots import write_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     drawn = False
@@ -293,16 +280,14 @@ def plot_bits(results, path: Path) -> bool:
     ax.set_title("Quantization damage by bit width (mean, 95 % CI over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    write_figure(fig, path)
     return True
 
 
 def plot_sensitivity(per_bits: dict[int, dict[str, float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from gptlab.io import atomic_write
+    from gptlab.lab.plots import write_figure
 
     bits = sorted(per_bits, reverse=True)
     names = list(per_bits[bits[0]])
@@ -313,15 +298,13 @@ def plot_sensitivity(per_bits: dict[int, dict[str, float]], path: Path) -> None:
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
     fig.colorbar(im, ax=ax, label="Δ val loss")
     ax.set_title("Val loss increase when only this layer is quantized", fontsize=10)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    write_figure(fig, path)
 
 
 def plot_gradient_flow(results, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
-    from gptlab.io import atomic_write
+    from gptlab.lab.plots import write_figure
     from gptlab.train.metrics import read_metrics
 
     keys = ("qat_grad_ratio", "qat_zero_grad_frac", "qat_clipped_frac")
@@ -334,7 +317,7 @@ def plot_gradient_flow(results, path: Path) -> bool:
         for variant in ("qat-ste", "qat-clipped", "qat-lsq", "qat-broken"):
             series = []
             for c in results.arm(condition, variant):
-                path_ = results.directory / "cells" / condition / variant / f"seed{c.seed}" / "metrics.jsonl"
+                path_ = results.cell_dir(c) / "metrics.jsonl"
                 series.append({r["step"]: r for r in read_metrics(path_) if "qat_grad_ratio" in r})
             if not series:
                 continue
@@ -349,7 +332,5 @@ def plot_gradient_flow(results, path: Path) -> bool:
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
         row[0].legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    write_figure(fig, path)
     return True

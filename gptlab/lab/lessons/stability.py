@@ -59,7 +59,7 @@ class StabilityLesson(Lesson):
     def profiles(self) -> dict[str, Grid]:
         full_data, quick_data = Dataset("shakespeare", "char"), Dataset("shakespeare-poems", "char")
         return {"quick": Grid(tuple(lr_condition(lr, quick_data) for lr in QUICK_LRS), VARIANTS, (0, 1), QUICK),
-                "full": Grid(tuple(lr_condition(lr, full_data) for lr in FULL_LRS), VARIANTS, tuple(range(3)), FULL)}
+                "full": Grid(tuple(lr_condition(lr, full_data) for lr in FULL_LRS), VARIANTS, tuple(range(5)), FULL)}
 
     def comparisons(self) -> list[tuple[str, str]]:
         return [(BASELINE, v.name) for v in VARIANTS if v.name != BASELINE]
@@ -77,7 +77,7 @@ class StabilityLesson(Lesson):
 
     # -- the report --------------------------------------------------------------------------------------------
     def extra_blocks(self, results, directory: Path) -> list:
-        from gptlab.lab.report import Block
+        from gptlab.document import Block
 
         lrs = sorted({float(c.condition[2:]) for c in results.cells})
         if len(lrs) < 2:
@@ -146,7 +146,7 @@ def sensitivities(results, lrs: list[float]) -> dict[str, dict[int, float]]:
 def plot_lr_curves(results, lrs: list[float], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from gptlab.lab.report import band, save_figure
+    from gptlab.lab.plots import band, save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for variant in results.variants:
@@ -163,14 +163,14 @@ def plot_attention_growth(results, lrs: list[float], path: Path) -> float:
     """Max attention logit over steps, mean over seeds, at the second-highest learning rate; returns that rate."""
     import matplotlib.pyplot as plt
 
-    from gptlab.lab.report import save_figure
+    from gptlab.lab.plots import save_figure
 
     lr = lrs[-2] if len(lrs) > 2 else lrs[-1]
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for variant in results.variants:
         runs = []
         for c in results.arm(f"lr{lr:g}", variant):
-            cell = results.directory / "cells" / c.condition / c.variant / f"seed{c.seed}" / "metrics.jsonl"
+            cell = results.cell_dir(c) / "metrics.jsonl"
             runs.append({r["step"]: r["max_attn_logit"] for r in read_metrics(cell) if "max_attn_logit" in r})
         steps = sorted(set.intersection(*(set(r) for r in runs))) if runs else []
         if steps:

@@ -3,7 +3,7 @@
 import json
 
 from gptlab.cli import main
-from gptlab.lab.lessons.positions import MULTIPLES, SCHEMES
+from gptlab.lab.lessons.positions import EXTEND, MULTIPLES, SCHEMES
 from gptlab.lab.results import load_results
 
 
@@ -11,10 +11,15 @@ def test_quick_positions_lesson(tmp_path):
     out = tmp_path / "positions"
     assert main(["lab", "run", "positions", "--profile", "quick", "--out", str(out)]) == 0
     results = load_results(out)
-    assert len(results.cells) == len(SCHEMES) * 2
+    assert len(results.cells) == (len(SCHEMES) + len(EXTEND)) * 2
     for c in results.cells:
         evals = c.summary["eval"]
-        if c.variant == "learned":
+        assert c.summary["loss_1x"] == evals[next(iter(evals))]["1x"]  # the metric: same-target loss at 1×
+        if c.variant in EXTEND:  # fine-tuned at 4× with its scaling, read with it kept
+            assert set(evals) == {c.variant} and all(evals[c.variant][f"{m}x"] > 0 for m in MULTIPLES)
+            assert c.summary["extension"]["step"] >= 2
+            assert not (out / "cells" / c.condition / c.variant / f"seed{c.seed}" / "extend" / "checkpoints").exists()
+        elif c.variant == "learned":
             assert [evals["learned"][f"{m}x"] is None for m in MULTIPLES] == [False, True, True, True]
             assert all(evals["learned+clamp"][f"{m}x"] > 0 for m in MULTIPLES)
         elif c.variant == "rope":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ from gptlab.config import apply_overrides
 from gptlab.evaluate import evaluate_same_targets
 from gptlab.io import atomic_write_json
 from gptlab.lab import stats
+from gptlab.data import TokenData
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant
 from gptlab.lab.lesson import Lesson
 from gptlab.model import GPT
+from gptlab.train.checkpoint import model_state
 from gptlab.train.loop import Trainer
 
 SCHEMES = ("learned", "sinusoidal", "rope", "alibi", "none")
@@ -52,8 +55,29 @@ SINUSOIDAL_SCALE = "init"
 SINUSOID_ABLATION = ("init", "transformer", "learned")
 
 
+# The published context-extension recipe: RoPE trained at the training length, then fine-tuned briefly at
+# EXTEND_FACTOR × that length with position interpolation (Chen et al. 2023) or YaRN (Peng et al. 2023), the
+# scaling kept for every later reading. The fine-tune is EXTEND_FRACTION of the training steps, with the batch
+# divided by the factor so a step sees as many tokens as before.
+EXTEND = {"rope+pi-ft": "linear", "rope+yarn-ft": "yarn"}
+EXTEND_FACTOR = 4
+EXTEND_FRACTION = 0.1
+
+
 def readings(scheme: str):
     return READINGS.get(scheme, ((scheme, lambda f: []),))
+
+
+def extension_config(cfg, method: str):
+    """The fine-tune at EXTEND_FACTOR × the length, with `method` scaling (cfg: the cell's RoPE config)."""
+    t, block = cfg.train, cfg.model.block_size
+    steps = max(2, round(EXTEND_FRACTION * t.max_steps))
+    return apply_overrides(cfg, [f"model.block_size={block * EXTEND_FACTOR}", f"model.rope_scaling={method}",
+                                 f"model.rope_scaling_factor={EXTEND_FACTOR}", f"train.max_steps={steps}",
+                                 f"train.batch_size={max(1, t.batch_size // EXTEND_FACTOR)}",
+                                 f"train.warmup_steps={max(1, steps // 10)}", f"train.eval_every={steps}",
+                                 f"train.checkpoint_every={max(1, steps // 2)}", f"train.lr={t.min_lr * 3}",
+                                 f"train.min_lr={t.min_lr}", "train.seed=" + str(t.seed + 10_000)])
 
 
 class PositionsLesson(Lesson):
@@ -66,13 +90,20 @@ class PositionsLesson(Lesson):
                 "tokens (only the context before them grows), on 512 windows. The sinusoidal table uses the setting "
                 "a separate ablation found best at these settings (the sinusoid-ablation profile: the table at the "
                 "embeddings' init scale, the original Transformer's √d recipe, or a learned gain).")
-    table_metrics = (("parameters", "parameters", "{:,.0f}"), ("loss_2x", "loss 2×", "{:.4f}"),
+    metric = "loss_1x"  # same-target loss at the training length: one evaluation for every arm
+    metric_label = "loss at 1×"
+    table_metrics = (("parameters", "parameters", "{:,.0f}"), ("val_loss", "val loss (training's)", "{:.4f}"),
+                     ("loss_2x", "loss 2×", "{:.4f}"),
                      ("loss_4x", "loss 4×", "{:.4f}"), ("loss_8x", "loss 8×", "{:.4f}"))
 
     def profiles(self) -> dict[str, Grid]:
-        variants = tuple(Variant(s, {"model.positions": s}) for s in SCHEMES if s != "sinusoidal")
-        variants += (Variant("sinusoidal", {"model.positions": "sinusoidal", "model.sinusoidal_scale": SINUSOIDAL_SCALE},
-                             f"table setting {SINUSOIDAL_SCALE!r}, chosen by the sinusoid-ablation profile"),)
+        sinusoidal = Variant("sinusoidal", {"model.positions": "sinusoidal", "model.sinusoidal_scale": SINUSOIDAL_SCALE},
+                             f"table setting {SINUSOIDAL_SCALE!r}, chosen by the sinusoid-ablation profile")
+        variants = tuple(sinusoidal if s == "sinusoidal" else Variant(s, {"model.positions": s}) for s in SCHEMES)
+        variants += tuple(Variant(name, {"model.positions": "rope"},
+                                  f"RoPE, then {EXTEND_FRACTION:.0%} more steps at {EXTEND_FACTOR}× the length with "
+                                  f"{method} scaling (factor {EXTEND_FACTOR}, kept when read)")
+                          for name, method in EXTEND.items())
         ablation = tuple(Variant(f"sinusoidal-{m}", {"model.positions": "sinusoidal", "model.sinusoidal_scale": m})
                          for m in SINUSOID_ABLATION)
         full = Condition("ctx64", Dataset("shakespeare", "char"))
@@ -87,19 +118,40 @@ class PositionsLesson(Lesson):
 
     def comparisons(self) -> list[tuple[str, str]]:
         ablation = [(f"sinusoidal-{SINUSOID_ABLATION[0]}", f"sinusoidal-{m}") for m in SINUSOID_ABLATION[1:]]
-        return [("rope", s) for s in SCHEMES if s != "rope"] + ablation
+        return [("rope", s) for s in SCHEMES if s != "rope"] + [("rope", e) for e in EXTEND] + ablation
 
-    def measure(self, trainer: Trainer, cell: Cell) -> dict[str, Any]:
+    def run_cell(self, cell: Cell, cell_dir: Path, data: TokenData, resume: bool, workdir: Path) -> dict[str, Any]:
+        """Train the scheme; the extension arms then fine-tune the trained RoPE model at the longer length (in
+        CELL/extend, resumable like the first phase) and are read with their scaling kept."""
+        if cell.variant.name not in EXTEND:
+            return super().run_cell(cell, cell_dir, data, resume, workdir)
+        first = Trainer(cell_dir, cell.config, data, resume=resume, progress=False, quiet=True)
+        trained = first.run()
+        extend_dir = cell_dir / "extend"
+        cfg = extension_config(cell.config, EXTEND[cell.variant.name])
+        again = (extend_dir / "checkpoints" / "last.json").is_file()
+        second = Trainer(extend_dir, cfg, data, resume=again, progress=False, quiet=True,
+                         init_state=None if again else model_state(first.model))
+        summary = {**trained, "extension": second.run()}
+        shutil.rmtree(extend_dir / "checkpoints", ignore_errors=True)
+        summary.update(self.measure(second, cell, block=cell.config.model.block_size, reading=cell.variant.name))
+        return summary
+
+    def measure(self, trainer: Trainer, cell: Cell, block: int | None = None,
+                reading: str | None = None) -> dict[str, Any]:
         """Loss at each multiple of the training length, for every way of reading the scheme, on the same target
-        tokens (the last `block_size` of each window; only the context before them grows)."""
-        block = cell.config.model.block_size
+        tokens (the last `block_size` of each window; only the context before them grows). `loss_1x` is the
+        lesson's metric: one evaluation for every arm, fine-tuned or not."""
+        block = block or cell.config.model.block_size
         state = trainer.model.state_dict()
         losses: dict[str, dict[str, float | None]] = {}
         curves: dict[str, list[float]] = {}
-        for reading, settings in readings(cell.config.model.positions):
+        reading = reading or (None if cell.variant.name in SCHEMES else cell.variant.name)  # an ablation arm
+        ways = ((reading, lambda f: []),) if reading else readings(cell.config.model.positions)
+        for reading, settings in ways:
             losses[reading] = {}
             for m in MULTIPLES:
-                cfg = apply_overrides(cell.config, settings(float(m)))
+                cfg = apply_overrides(trainer.cfg, settings(float(m)))
                 model = GPT(cfg.model)
                 model.load_state_dict(state)
                 r = evaluate_same_targets(model.eval(), trainer.data.val, [block * m], block,
@@ -109,8 +161,8 @@ class PositionsLesson(Lesson):
                     curves[reading] = r.per_position
         atomic_write_json(trainer.run_dir / "per_position.json", {"length": block * MULTIPLES[-1],
                                                                   "train_length": block, "curves": curves})
-        native = losses[readings(cell.config.model.positions)[0][0]]
-        return {"eval": losses, **{f"loss_{m}x": native[f"{m}x"] for m in MULTIPLES[1:]}}
+        native = losses[ways[0][0]]
+        return {"eval": losses, **{f"loss_{m}x": native[f"{m}x"] for m in MULTIPLES}}
 
     # -- the report --------------------------------------------------------------------------------------------
     def extra_blocks(self, results, directory: Path) -> list:

@@ -71,10 +71,12 @@ class Results:
         return [(condition, c) for (condition, _), c in zip(out, adjusted)]
 
     def same_runs(self, condition: str, a: str, b: str) -> bool:
-        """Two arms whose cells ran the same config (e.g. a variant that changes nothing under this condition):
-        comparing them tests nothing, so they are left out of the tests and of Holm's family."""
+        """Two arms whose cells ran the same configs (the config.yaml of every phase a cell trained), e.g. a variant
+        that changes nothing under this condition: comparing them tests nothing, so they are left out of the tests
+        and of Holm's family."""
         def configs(variant: str) -> list[str]:
-            return [(self.cell_dir(c) / "config.yaml").read_text() for c in self.arm(condition, variant)]
+            return [[(str(f.relative_to(self.cell_dir(c))), f.read_text())  # every phase a cell trained
+                     for f in sorted(self.cell_dir(c).rglob("config.yaml"))] for c in self.arm(condition, variant)]
         try:
             return configs(a) == configs(b)
         except OSError:

@@ -134,11 +134,12 @@ class PositionsLesson(Lesson):
                          init_state=None if again else model_state(first.model))
         summary = {**trained, "extension": second.run()}
         shutil.rmtree(extend_dir / "checkpoints", ignore_errors=True)
-        summary.update(self.measure(second, cell, block=cell.config.model.block_size, reading=cell.variant.name))
+        summary.update(self.measure(second, cell, block=cell.config.model.block_size, reading=cell.variant.name,
+                                    directory=cell_dir))
         return summary
 
-    def measure(self, trainer: Trainer, cell: Cell, block: int | None = None,
-                reading: str | None = None) -> dict[str, Any]:
+    def measure(self, trainer: Trainer, cell: Cell, block: int | None = None, reading: str | None = None,
+                directory: Path | None = None) -> dict[str, Any]:
         """Loss at each multiple of the training length, for every way of reading the scheme, on the same target
         tokens (the last `block_size` of each window; only the context before them grows). `loss_1x` is the
         lesson's metric: one evaluation for every arm, fine-tuned or not."""
@@ -159,7 +160,7 @@ class PositionsLesson(Lesson):
                 losses[reading][f"{m}x"] = None if r is None else r.loss  # None: past a learned table
                 if r is not None and m == MULTIPLES[-1]:
                     curves[reading] = r.per_position
-        atomic_write_json(trainer.run_dir / "per_position.json", {"length": block * MULTIPLES[-1],
+        atomic_write_json((directory or trainer.run_dir) / "per_position.json", {"length": block * MULTIPLES[-1],
                                                                   "train_length": block, "curves": curves})
         native = losses[ways[0][0]]
         return {"eval": losses, **{f"loss_{m}x": native[f"{m}x"] for m in MULTIPLES}}

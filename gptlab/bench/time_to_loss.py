@@ -24,7 +24,8 @@ from gptlab.data import BatchSampler, TokenData, eval_batches, load_data, prepar
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.run import set_threads
-from gptlab.train.loop import lm_loss, model_config_for, optimizer_step
+from gptlab.train.losses import lm_loss
+from gptlab.train.loop import model_config_for, optimizer_step
 from gptlab.train.optim import build_optimizer, lr_at
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "tinyshakespeare-char.yaml"

@@ -162,7 +162,7 @@ class GradientMonitor:
 def gradient_ratio(model: nn.Module, x: Tensor, y: Tensor) -> float:
     """‖∇W‖ of the quantized weights through fake-quant ÷ ‖∇W‖ of the float twin, on one batch: about 1 when the
     STE passes gradients, 0 when it passes none."""
-    from gptlab.train.loop import lm_loss
+    from gptlab.train.losses import lm_loss
 
     weights = [layer.weight for layer in qat_layers(model).values()]
     was_training = model.training

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from gptlab.adapters.lora import apply_lora, trainable_report
@@ -32,6 +31,7 @@ from gptlab.run import check_run_out, create_run, load_run_config, run_data_dir,
 from gptlab.train.checkpoint import (Checkpoint, load_checkpoint, load_model_state, model_state, optimizer_tensors,
                                      restore_optimizer, save_checkpoint)
 from gptlab.train.distributed import Distributed
+from gptlab.train.losses import lm_loss, z_loss
 from gptlab.train.metrics import MetricsLog
 from gptlab.train.optim import build_optimizer, lr_at
 
@@ -51,10 +51,6 @@ def autocast(cfg: TrainConfig):
     if cfg.dtype == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=cfg.device, dtype=torch.bfloat16)
-
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
 
 @torch.no_grad()
@@ -107,11 +103,6 @@ class NonFiniteStep(GptlabError):
                          f"train.lr (now {cfg.lr}) or raise train.warmup_steps, then resume; or set "
                          "train.on_nonfinite=skip (drop such batches) or rollback (return to the last checkpoint "
                          "with a lower learning rate)")
-
-
-def z_loss(logits: torch.Tensor) -> torch.Tensor:
-    """mean(logsumexp(logits)²): zero when the softmax normaliser is 1, growing as the logits drift."""
-    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batches, cfg: TrainConfig,

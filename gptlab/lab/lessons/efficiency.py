@@ -35,7 +35,8 @@ from gptlab.lab.lesson import Lesson
 from gptlab.model import GPT, flops_per_token
 from gptlab.run import load_model
 from gptlab.train.efficiency import checkpoint_blocks, saved_bytes
-from gptlab.train.loop import Trainer, autocast, lm_loss
+from gptlab.train.losses import lm_loss
+from gptlab.train.loop import Trainer, autocast
 from gptlab.train.metrics import read_metrics
 
 BASELINE = "baseline"

@@ -1,11 +1,11 @@
 """Lesson 1: LoRA vs rank-stabilized LoRA — does a higher rank keep paying off?
 
-LoRA scales its update by alpha/r, rsLoRA by alpha/sqrt(r). One base model is pretrained on the plays, then
-fine-tuned on the sonnets and poems (a shifted domain of the same corpus) with both methods at ranks 1 … 256,
-and fully (all weights) as a reference. The learning rate is a condition: comparing at one shared rate shows
-what a user with default settings sees; picking each method's best rate from the sweep shows whether a
-difference is more than a larger effective step size.
-"""
+LoRA scales its update by alpha/r, rsLoRA by alpha/sqrt(r). Each seed pretrains its own base model on the plays
+(so seed variance includes pretraining), then fine-tunes it on the sonnets and poems (a shifted domain of the
+same corpus) with both methods at ranks 1 … n_embd/2 (beyond that "rank" no longer means a low-rank update), and
+fully (all weights) as a reference. The learning rate is a condition: comparing at one shared rate shows what a
+user with default settings sees; each method's best rate and best arm, chosen on selection seeds and tested on
+the other seeds, show whether a difference is more than a larger effective step size."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from gptlab.io import atomic_write_json
 from gptlab.lab.lesson import Lesson, ensure_trained
 from gptlab.run import load_model
 from gptlab.train.checkpoint import model_state
-from gptlab.train.loop import Trainer, lm_loss
+from gptlab.train.losses import lm_loss
+from gptlab.train.loop import Trainer
 
 ALPHA = 8.0
 FULL = "full"
@@ -89,8 +90,9 @@ class LoraRankLesson(Lesson):
     question = ("With LoRA the update is scaled by alpha/r, so as the rank grows the update and its gradient signal "
                 "shrink; rank-stabilized LoRA scales by alpha/sqrt(r). Does fine-tuning keep improving with rank "
                 "under each? A base model pretrained on Shakespeare's plays is fine-tuned on his sonnets and poems "
-                f"(alpha = {ALPHA:g}) at each rank, with full fine-tuning as the reference, at three learning rates "
-                "(one shared setting, and each method's best rate from the sweep).")
+                f"(alpha = {ALPHA:g}) at each rank (up to half the width), with full fine-tuning as the reference, at three "
+                "learning rates: one shared setting, and each method's best rate and best arm, chosen on selection "
+                "seeds and tested on the others. Each seed pretrains its own base model.")
     table_metrics = (("trainable_parameters", "trainable", "{:,.0f}"), ("delta_norm", "‖ΔW‖", "{:.3f}"),
                      ("start_grad_norm", "start grad", "{:.3g}"))
 

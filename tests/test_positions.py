@@ -146,3 +146,17 @@ def test_sinusoid_transformer_recipe_and_learned_gain():
 
     no_decay = {id(p) for p in param_groups(model, 0.1)[1]["params"]}
     assert id(model.positions.gain) in no_decay  # a scale, like a norm's: never decayed
+
+
+@pytest.mark.parametrize("scheme", ["rope", "alibi"])
+def test_a_scheme_prepares_once_per_forward_for_every_block(scheme, monkeypatch):
+    from gptlab.model import GPT
+
+    model = GPT(ModelConfig(vocab_size=11, n_layer=4, n_head=2, n_embd=16, block_size=8, positions=scheme)).eval()
+    calls = []
+    original = type(model.positions).prepare
+    monkeypatch.setattr(type(model.positions), "prepare", lambda self, q, k: calls.append(1) or original(self, q, k))
+    cache = model.new_cache(1, 8)
+    model(torch.randint(0, 11, (1, 5)), cache=cache)
+    model(torch.randint(0, 11, (1, 1)), cache=cache)
+    assert len(calls) == 2  # one per forward pass, not one per block (4 blocks)

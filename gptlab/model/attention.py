@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from gptlab.config import ModelConfig
 from gptlab.model.cache import LayerCache
-from gptlab.model.positions import PositionScheme
+from gptlab.model.positions import PositionScheme, Prepared
 
 
 def causal_mask(q_pos: Tensor, k_pos: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -44,17 +44,16 @@ class CausalSelfAttention(nn.Module):
         self.record_max_logit = False  # a probe: when set, forward also stores the largest attention score
         self.max_logit: float | None = None
 
-    def forward(self, x: Tensor, positions: Tensor, scheme: PositionScheme,
+    def forward(self, x: Tensor, prepared: Prepared, scheme: PositionScheme,
                 cache: LayerCache | None = None) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = scheme.rotate(q, k, positions)
-        k_pos = positions
+        q, k = scheme.apply_rotation(q, k, prepared)
+        positions, k_pos, bias = prepared.q_pos, prepared.k_pos, prepared.bias
         if cache is not None:
-            k, v, k_pos = cache.append(k, v, positions)
-        bias = scheme.attn_bias(positions, k_pos)
+            k, v, _ = cache.append(k, v, positions)
         if self.record_max_logit:
             with torch.no_grad():
                 scores = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5

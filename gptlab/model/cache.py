@@ -40,6 +40,10 @@ class KVCache:
     def layer(self, index: int) -> "LayerCache":
         return LayerCache(self, index)
 
+    def key_positions(self, new: Tensor) -> Tensor:
+        """Positions of every key a forward pass adding `new` tokens attends to: those cached, then the new ones."""
+        return torch.cat([self.positions[: self.length], new]) if self.length else new
+
     def advance(self, n: int, positions: Tensor) -> None:
         """Called once per forward pass, after every layer has written its `n` new entries."""
         self.positions[self.length: self.length + n] = positions

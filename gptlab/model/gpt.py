@@ -16,7 +16,7 @@ from gptlab.config import ModelConfig
 from gptlab.model.attention import CausalSelfAttention
 from gptlab.model.cache import KVCache
 from gptlab.model.mlp import MLP
-from gptlab.model.positions import PositionScheme, build_positions
+from gptlab.model.positions import PositionScheme, Prepared, build_positions
 
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
@@ -34,11 +34,11 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.post_norm = cfg.norm_placement == "post"
 
-    def forward(self, x: Tensor, positions: Tensor, scheme: PositionScheme, cache=None) -> Tensor:
+    def forward(self, x: Tensor, prepared: Prepared, scheme: PositionScheme, cache=None) -> Tensor:
         if self.post_norm:  # the original Transformer: normalise after each residual sum
-            x = self.ln_1(x + self.attn(x, positions, scheme, cache))
+            x = self.ln_1(x + self.attn(x, prepared, scheme, cache))
             return self.ln_2(x + self.mlp(x))
-        x = x + self.attn(self.ln_1(x), positions, scheme, cache)
+        x = x + self.attn(self.ln_1(x), prepared, scheme, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -92,8 +92,10 @@ class GPT(nn.Module):
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.positions.embed(self.wte(idx), positions))
+        k_pos = cache.key_positions(positions) if cache is not None else positions
+        prepared = self.positions.prepare(positions, k_pos)  # once for every block
         for i, block in enumerate(self.h):
-            x = block(x, positions, self.positions, cache.layer(i) if cache is not None else None)
+            x = block(x, prepared, self.positions, cache.layer(i) if cache is not None else None)
         if cache is not None:
             cache.advance(T, positions)
         logits = self.lm_head(self.ln_f(x))

@@ -3,6 +3,9 @@
 A scheme may add to the token embeddings (`embed`), rotate queries and keys (`rotate`), or bias attention
 scores (`attn_bias`); the ones it does not use are identities. Positions are always explicit integer tensors of
 shape (T,), so training, cached decoding and evaluation at other lengths all go through the same code.
+
+The model calls `prepare(query positions, key positions)` once per forward pass; what it returns (RoPE's cos and
+sin, ALiBi's bias) is shared by every block, instead of being recomputed in each layer.
 """
 
 from __future__ import annotations
@@ -12,8 +15,20 @@ import math
 import torch
 from torch import Tensor, nn
 
+from dataclasses import dataclass
+
 from gptlab.config import ModelConfig
 from gptlab.errors import GptlabError
+
+
+@dataclass
+class Prepared:
+    """What every block of one forward pass needs from the scheme: the query (new tokens') and key (cached +
+    new) positions, the rotation of the new tokens' queries and keys (cos, sin), and the attention bias."""
+    q_pos: Tensor
+    k_pos: Tensor
+    rotation: tuple[Tensor, Tensor] | None = None
+    bias: Tensor | None = None
 
 
 class PositionScheme(nn.Module):
@@ -23,8 +38,14 @@ class PositionScheme(nn.Module):
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         return x
 
-    def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+    def prepare(self, q_pos: Tensor, k_pos: Tensor) -> Prepared:
+        return Prepared(q_pos, k_pos, None, self.attn_bias(q_pos, k_pos))
+
+    def apply_rotation(self, q: Tensor, k: Tensor, prepared: Prepared) -> tuple[Tensor, Tensor]:
         return q, k
+
+    def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        return self.apply_rotation(q, k, self.prepare(positions, positions))
 
     def attn_bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
         return None
@@ -117,8 +138,11 @@ class RotaryPositions(PositionScheme):
         out = (xr.float() * cos + rotated.float() * sin).to(x.dtype)
         return torch.cat([out, xp], dim=-1) if xp.shape[-1] else out
 
-    def rotate(self, q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        cos, sin = self._cos_sin(positions)
+    def prepare(self, q_pos: Tensor, k_pos: Tensor) -> Prepared:
+        return Prepared(q_pos, k_pos, self._cos_sin(q_pos), None)
+
+    def apply_rotation(self, q: Tensor, k: Tensor, prepared: Prepared) -> tuple[Tensor, Tensor]:
+        cos, sin = prepared.rotation
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
 

@@ -41,8 +41,6 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(cfg.head_dim, eps=1e-5) if cfg.qk_norm else None
         self.manual = cfg.attention == "manual"
-        self.record_max_logit = False  # a probe: when set, forward also stores the largest attention score
-        self.max_logit: float | None = None
 
     def forward(self, x: Tensor, prepared: Prepared, scheme: PositionScheme,
                 cache: LayerCache | None = None) -> Tensor:
@@ -54,13 +52,6 @@ class CausalSelfAttention(nn.Module):
         positions, k_pos, bias = prepared.q_pos, prepared.k_pos, prepared.bias
         if cache is not None:
             k, v, _ = cache.append(k, v, positions)
-        if self.record_max_logit:
-            with torch.no_grad():
-                scores = (q @ k.transpose(-1, -2)) * self.head_dim ** -0.5
-                if bias is not None:
-                    scores = scores + bias
-                visible = k_pos[None, :] <= positions[:, None]
-                self.max_logit = float(scores.masked_fill(~visible, float("-inf")).max())
         p = self.dropout if self.training else 0.0
         if self.manual:
             y = manual_attention(q, k, v, causal_mask(positions, k_pos, bias, q.dtype), p, self.training)
@@ -73,3 +64,19 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+@torch.no_grad()
+def max_attention_logit(attn: CausalSelfAttention, x: Tensor, prepared: Prepared, scheme: PositionScheme) -> float:
+    """The largest attention score (q·k/√d + bias, visible pairs only) that `attn` computes for input `x`
+    without a cache: the same arithmetic as its forward, written out, for probes that watch logit growth."""
+    B, T, _ = x.shape
+    q, k, _ = attn.c_attn(x).view(B, T, 3, attn.n_head, attn.head_dim).permute(2, 0, 3, 1, 4)
+    if attn.q_norm is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = scheme.apply_rotation(q, k, prepared)
+    scores = (q @ k.transpose(-1, -2)) * attn.head_dim ** -0.5
+    if prepared.bias is not None:
+        scores = scores + prepared.bias
+    visible = prepared.k_pos[None, :] <= prepared.q_pos[:, None]
+    return float(scores.masked_fill(~visible, float("-inf")).max())

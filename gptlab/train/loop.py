@@ -33,6 +33,7 @@ from gptlab.train.checkpoint import (Checkpoint, load_checkpoint, load_model_sta
 from gptlab.train.distributed import Distributed
 from gptlab.train.losses import lm_loss, z_loss
 from gptlab.train.metrics import MetricsLog
+from gptlab.train.probes import attention_logits
 from gptlab.train.optim import build_optimizer, lr_at
 
 # Settings a resumed run may change: they do not alter the sequence of updates.
@@ -285,18 +286,11 @@ class Trainer:
         """Largest attention score and largest |output logit| on one fixed validation window (cheap)."""
         was_training = self.model.training
         self.model.eval()
-        attention = [m for m in self.model.modules() if hasattr(m, "record_max_logit")]
-        for m in attention:
-            m.record_max_logit = True
         x = torch.from_numpy(self.data.val[: self.cfg.model.block_size].astype("int64"))[None].to(self.cfg.train.device)
-        try:
+        with attention_logits(self.model) as scores:
             logits = self.model(x)
-        finally:
-            for m in attention:
-                m.record_max_logit = False
         self.model.train(was_training)
-        out = {"max_attn_logit": max((m.max_logit for m in attention), default=0.0),
-               "max_output_logit": float(logits.abs().max())}
+        out = {"max_attn_logit": max(scores, default=0.0), "max_output_logit": float(logits.abs().max())}
         self.peaks = {k: max(self.peaks[k], v) for k, v in out.items()}
         if self.qat_monitor is not None:  # gradient flow through the fake-quant, vs the float twin
             from gptlab.quant.qat import gradient_ratio

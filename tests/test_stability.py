@@ -12,7 +12,8 @@ from gptlab.errors import GptlabError
 from gptlab.model import GPT
 from gptlab.train.checkpoint import load_checkpoint
 from gptlab.train.losses import z_loss
-from gptlab.train.loop import NonFiniteStep, SpikeDetector, Trainer
+from gptlab.train.callbacks import SpikeDetector
+from gptlab.train.loop import NonFiniteStep, Trainer
 from gptlab.train.metrics import read_metrics
 from gptlab.train.optim import lr_at, param_groups
 

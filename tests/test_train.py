@@ -199,3 +199,29 @@ def test_metrics_records_and_tensorboard_events(char_data, tmp_path):
     assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed"} <= step_record.keys()
     assert [r["step"] for r in records if "val_loss" in r] == [2, 4]
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_callback_sees_every_step_adds_to_the_log_and_ends(char_data, tmp_path):
+    from gptlab.train.callbacks import Callback
+    from gptlab.train.metrics import read_metrics
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.steps, self.ended = [], False
+
+        def on_step(self, trainer, step, loss):
+            self.steps.append((step, loss))
+
+        def on_log(self, trainer):
+            return {"recorded": len(self.steps)}
+
+        def on_end(self, trainer):
+            self.ended = True
+
+    recorder = Recorder()
+    Trainer(tmp_path / "run", tiny_config("train.max_steps=6", "train.log_every=2"), load_data(char_data),
+            progress=False, quiet=True, callbacks=[recorder]).run()
+    assert [s for s, _ in recorder.steps] == list(range(1, 7)) and recorder.ended
+    logged = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "recorded" in r]
+    assert [(r["step"], r["recorded"]) for r in logged] == [(2, 2), (4, 4), (6, 6)]
+    assert all("max_attn_logit" in r for r in logged)  # the built-in probe still logs beside it

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections import deque
 import math
 import sys
 import time
@@ -20,7 +19,6 @@ import torch
 from tqdm import tqdm
 
 from gptlab.adapters.lora import apply_lora, trainable_report
-from gptlab.adapters.peft_format import save_adapter_state
 from gptlab.config import RunConfig, TrainConfig, to_dict
 from gptlab.data import BatchSampler, TokenData, eval_batches, load_data
 from gptlab.errors import CheckpointError, ConfigError, GptlabError
@@ -30,10 +28,10 @@ from gptlab.model import GPT, count_parameters, flops_per_token
 from gptlab.run import check_run_out, create_run, load_run_config, run_data_dir, run_info, same_tokenizer, set_threads
 from gptlab.train.checkpoint import (Checkpoint, load_checkpoint, load_model_state, model_state, optimizer_tensors,
                                      restore_optimizer, save_checkpoint)
+from gptlab.train.callbacks import Callback, LogitProbe, PeftExport, QATWatch, SpikeWatch
 from gptlab.train.distributed import Distributed
 from gptlab.train.losses import lm_loss, z_loss
 from gptlab.train.metrics import MetricsLog
-from gptlab.train.probes import attention_logits
 from gptlab.train.optim import build_optimizer, lr_at
 
 # Settings a resumed run may change: they do not alter the sequence of updates.
@@ -154,32 +152,16 @@ class NullMetrics:
         pass
 
 
-class SpikeDetector:
-    """A loss above the running median of the last `window` losses by `threshold` robust deviations (MAD)."""
-
-    def __init__(self, window: int, threshold: float):
-        self.losses: deque[float] = deque(maxlen=window)
-        self.threshold = threshold
-
-    def check(self, loss: float) -> bool:
-        spike = False
-        if len(self.losses) >= self.losses.maxlen // 2:
-            ordered = sorted(self.losses)
-            median = ordered[len(ordered) // 2]
-            mad = sorted(abs(v - median) for v in ordered)[len(ordered) // 2] * 1.4826
-            spike = mad > 0 and loss > median + self.threshold * mad
-        self.losses.append(loss)
-        return spike
-
-
 MAX_ROLLBACKS = 5  # a batch that is non-finite at any learning rate would otherwise roll back for ever
 
 
 class Trainer:
     def __init__(self, run_dir: str | Path, cfg: RunConfig, data: TokenData, resume: bool = False,
                  progress: bool | None = None, on_step: Callable[[int, float], None] | None = None,
-                 quiet: bool = False, init_state: dict | None = None, info: dict | None = None):
-        """`on_step(step, loss)` is called after every optimizer step (progress reporting, tests).
+                 quiet: bool = False, init_state: dict | None = None, info: dict | None = None,
+                 callbacks: list[Callback] | None = None):
+        """`on_step(step, loss)` is called after every optimizer step (progress reporting, tests); `callbacks`
+        are added after the ones the config asks for (gptlab.train.callbacks).
 
         Without a progress bar each evaluation prints a line, unless `quiet` (runs inside a lesson grid).
         `init_state` starts a new run from these weights (fine-tuning); LoRA adapters (`cfg.lora.r > 0`) are added
@@ -199,7 +181,7 @@ class Trainer:
             self.progress, self.quiet = False, True
         self.lock = RunLock(run_dir).acquire() if self.dist.main else None  # one writer per run directory
         try:
-            self._build(cfg, data, resume, init_state, info)
+            self._build(cfg, data, resume, init_state, info, list(callbacks or []))
         except BaseException:
             self.release()
             raise
@@ -208,7 +190,8 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
 
-    def _build(self, cfg: RunConfig, data: TokenData, resume: bool, init_state: dict | None, info: dict | None):
+    def _build(self, cfg: RunConfig, data: TokenData, resume: bool, init_state: dict | None, info: dict | None,
+               extra: list[Callback]):
         self.threads = set_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         self.model = GPT(cfg.model).to(cfg.train.device)
@@ -216,22 +199,25 @@ class Trainer:
             load_model_state(self.model, init_state, "the initial weights")
         if cfg.lora.r > 0:
             apply_lora(self.model, cfg.lora)
-        self.qat_monitor = None
+        self.callbacks: list[Callback] = []
         if cfg.quant.qat != "none":
             if cfg.lora.r > 0:
                 raise CheckpointError("quantization-aware training with LoRA adapters is not supported; train one "
                                       "or the other (quant.qat=none or lora.r=0)")
-            from gptlab.quant.qat import GradientMonitor, prepare_qat
+            from gptlab.quant.qat import prepare_qat
 
             prepare_qat(self.model, cfg.quant)
-            self.qat_monitor = GradientMonitor(self.model, cfg.quant)
+            self.callbacks.append(QATWatch(self.model, cfg.quant))
+        self.callbacks += [SpikeWatch(cfg.train.spike_window, cfg.train.spike_threshold), LogitProbe()]
+        if cfg.lora.r > 0:
+            self.callbacks.append(PeftExport())
+        self.callbacks += extra
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.sampler = BatchSampler(data.train, cfg.train.batch_size, cfg.model.block_size, seed=cfg.train.seed)
         self.step, self.best_val, self.elapsed = 0, math.inf, 0.0
         self.lr_scale = 1.0  # lowered by each rollback after a non-finite step
         self.counts = {"spikes": 0, "skipped": 0, "rollbacks": 0}
         self.peaks = {"max_attn_logit": 0.0, "max_output_logit": 0.0}
-        self.spikes = SpikeDetector(cfg.train.spike_window, cfg.train.spike_threshold)
         if resume:
             self._restore()
         elif self.dist.main:
@@ -281,24 +267,11 @@ class Trainer:
             save_checkpoint(self.run_dir, self._state(), ("last", "best") if best else ("last",))
         self.dist.barrier()  # a rollback on any rank may read it next
 
-    @torch.no_grad()
     def probe(self) -> dict[str, float]:
-        """Largest attention score and largest |output logit| on one fixed validation window (cheap)."""
-        was_training = self.model.training
-        self.model.eval()
-        x = torch.from_numpy(self.data.val[: self.cfg.model.block_size].astype("int64"))[None].to(self.cfg.train.device)
-        with attention_logits(self.model) as scores:
-            logits = self.model(x)
-        self.model.train(was_training)
-        out = {"max_attn_logit": max(scores, default=0.0), "max_output_logit": float(logits.abs().max())}
-        self.peaks = {k: max(self.peaks[k], v) for k, v in out.items()}
-        if self.qat_monitor is not None:  # gradient flow through the fake-quant, vs the float twin
-            from gptlab.quant.qat import gradient_ratio
-
-            y = torch.from_numpy(self.data.val[1: self.cfg.model.block_size + 1].astype("int64"))[None]
-            with self.qat_monitor.paused():
-                out["qat_grad_ratio"] = gradient_ratio(self.model, x, y.to(x.device))
-            out["qat_clipped_frac"] = self.qat_monitor.clipped_fraction()
+        """What the logging callbacks add to a step record now (logit probe, QAT gradient flow)."""
+        out: dict[str, float] = {}
+        for cb in self.callbacks:
+            out.update(cb.on_log(self))
         return out
 
     def _nonfinite(self, error: "NonFiniteStep") -> None:
@@ -334,12 +307,6 @@ class Trainer:
             self._nonfinite(e)
             return None
         self.step += 1
-        if self.qat_monitor is not None:
-            self.last_qat = self.qat_monitor.end_step(self.step)
-            if self.qat_monitor.detected_at == self.step:
-                self.counts["dead_gradient_step"] = self.step
-                self.metrics.log({"step": self.step, "event": "dead_gradient",
-                                  "reason": "no gradient reached the quantized weights"})
         return loss, lr, grad_norm
 
     # -- the loop ---------------------------------------------------------------------------------------------
@@ -364,9 +331,8 @@ class Trainer:
                 loss, lr, grad_norm = result
                 window_steps += 1
                 bar.update(1)
-                if self.spikes.check(loss):
-                    self.counts["spikes"] += 1
-                    self.metrics.log({"step": self.step, "event": "spike", "loss": loss})
+                for cb in self.callbacks:
+                    cb.on_step(self, self.step, loss)
                 if self.on_step is not None:
                     self.on_step(self.step, loss)
                 if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
@@ -374,8 +340,7 @@ class Trainer:
                     tps = window_steps * tokens_per_step / dt if dt > 0 else 0.0
                     self.metrics.log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                                       "tokens_per_s": tps, "elapsed": self.elapsed,
-                                      **(self.probe() if self.dist.main else {}),
-                                      **(self.last_qat if self.qat_monitor is not None else {})})
+                                      **(self.probe() if self.dist.main else {})})
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
                     window_start, window_steps = time.perf_counter(), 0
                 is_last = self.step == cfg.max_steps
@@ -394,9 +359,8 @@ class Trainer:
                         self.save()
                 elif self.step % cfg.checkpoint_every == 0:
                     self.save()
-            if self.cfg.lora.r > 0 and self.dist.main:  # the best adapter, in PEFT's layout, at the run's top
-                best = load_checkpoint(self.run_dir, "best", with_state=False)
-                save_adapter_state(best.model, self.cfg.lora, self.run_dir, run_info(self.run_dir).get("init_from", ""))
+            for cb in self.callbacks:
+                cb.on_end(self)
         finally:
             bar.close()
             self.metrics.close()

@@ -1,0 +1,128 @@
+"""What the training loop does besides training, as callbacks: each watches or records one thing.
+
+The loop (`gptlab.train.loop.Trainer`) runs steps, evaluations and checkpoints; a callback gets three hooks:
+`on_step` after every optimizer step, `on_log` to add fields to the logged step record (rank 0 only), and
+`on_end` when training finishes. Counts that must survive a resume go in `trainer.counts` / `trainer.peaks`,
+which checkpoints carry.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from gptlab.train.probes import attention_logits
+
+if TYPE_CHECKING:
+    from gptlab.train.loop import Trainer
+
+
+class Callback:
+    def on_step(self, trainer: "Trainer", step: int, loss: float) -> None:
+        pass
+
+    def on_log(self, trainer: "Trainer") -> dict[str, Any]:
+        return {}
+
+    def on_end(self, trainer: "Trainer") -> None:
+        pass
+
+
+class SpikeDetector:
+    """A loss above the running median of the last `window` losses by `threshold` robust deviations (MAD)."""
+
+    def __init__(self, window: int, threshold: float):
+        self.losses: deque[float] = deque(maxlen=window)
+        self.threshold = threshold
+
+    def check(self, loss: float) -> bool:
+        spike = False
+        if len(self.losses) >= self.losses.maxlen // 2:
+            ordered = sorted(self.losses)
+            median = ordered[len(ordered) // 2]
+            mad = sorted(abs(v - median) for v in ordered)[len(ordered) // 2] * 1.4826
+            spike = mad > 0 and loss > median + self.threshold * mad
+        self.losses.append(loss)
+        return spike
+
+
+class SpikeWatch(Callback):
+    """Logs and counts loss spikes (train.spike_threshold robust deviations over train.spike_window steps)."""
+
+    def __init__(self, window: int, threshold: float):
+        self.detector = SpikeDetector(window, threshold)
+
+    def on_step(self, trainer: "Trainer", step: int, loss: float) -> None:
+        if self.detector.check(loss):
+            trainer.counts["spikes"] += 1
+            trainer.metrics.log({"step": step, "event": "spike", "loss": loss})
+
+
+def probe_window(trainer: "Trainer") -> tuple[torch.Tensor, torch.Tensor]:
+    """One fixed validation window (inputs, targets), the same at every log."""
+    block = trainer.cfg.model.block_size
+    tokens = torch.from_numpy(trainer.data.val[: block + 1].astype("int64"))[None].to(trainer.cfg.train.device)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+class LogitProbe(Callback):
+    """The largest attention score and the largest |output logit| on a fixed window at every log, so logit growth
+    shows in metrics.jsonl long before it becomes a NaN; the peaks go in the summary."""
+
+    @torch.no_grad()
+    def on_log(self, trainer: "Trainer") -> dict[str, Any]:
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        x, _ = probe_window(trainer)
+        with attention_logits(model) as scores:
+            logits = model(x)
+        model.train(was_training)
+        out = {"max_attn_logit": max(scores, default=0.0), "max_output_logit": float(logits.abs().max())}
+        trainer.peaks = {k: max(trainer.peaks[k], v) for k, v in out.items()}
+        return out
+
+
+class QATWatch(Callback):
+    """Gradient flow through the fake-quantized weights: per-step gradient norm and zero share, the dead-gradient
+    alarm, and at each log the gradient ratio to the float twin and the share of clipped weights."""
+
+    def __init__(self, model, cfg):
+        from gptlab.quant.qat import GradientMonitor
+
+        self.monitor = GradientMonitor(model, cfg)
+        self.last: dict[str, float] = {}
+
+    def on_step(self, trainer: "Trainer", step: int, loss: float) -> None:
+        self.last = self.monitor.end_step(step)
+        if self.monitor.detected_at == step:
+            trainer.counts["dead_gradient_step"] = step
+            trainer.metrics.log({"step": step, "event": "dead_gradient",
+                                 "reason": "no gradient reached the quantized weights"})
+
+    def on_log(self, trainer: "Trainer") -> dict[str, Any]:
+        from gptlab.quant.qat import gradient_ratio
+
+        x, y = probe_window(trainer)
+        was_training = trainer.model.training
+        trainer.model.eval()
+        with self.monitor.paused():
+            ratio = gradient_ratio(trainer.model, x, y)
+        trainer.model.train(was_training)
+        return {"qat_grad_ratio": ratio, "qat_clipped_frac": self.monitor.clipped_fraction(), **self.last}
+
+
+class PeftExport(Callback):
+    """A LoRA run's best adapter, in PEFT's layout, at the top of the run directory when training ends."""
+
+    def on_end(self, trainer: "Trainer") -> None:
+        from gptlab.adapters.peft_format import save_adapter_state
+        from gptlab.run import run_info
+        from gptlab.train.checkpoint import load_checkpoint
+
+        if trainer.dist.main:
+            best = load_checkpoint(trainer.run_dir, "best", with_state=False)
+            save_adapter_state(best.model, trainer.cfg.lora, trainer.run_dir,
+                               run_info(trainer.run_dir).get("init_from", ""))

@@ -1,0 +1,40 @@
+"""`gptlab export hf` and `gptlab import hf`: transformers GPT-2 directories both ways, verified."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from gptlab.interop.hf import export_hf
+
+    diff = export_hf(args.run, args.out, args.checkpoint, args.overwrite)
+    print(f"wrote {args.out}: transformers GPT2LMHeadModel + tokenizer (verified: max |Δlogits| {diff:.1e})")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from gptlab.interop.hf import import_hf
+
+    diff = import_hf(args.hf_dir, args.out, args.allow_pickle, args.overwrite)
+    print(f"wrote run {args.out} from {args.hf_dir} (verified: max |Δlogits| {diff:.1e})")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a run to another format (hf: a transformers GPT-2 directory)")
+    p.add_argument("format", choices=["hf"])
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="HF_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a transformers "
+                   "GPT-2 directory (anything else is never overwritten)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="import a model (hf: a local transformers GPT-2 directory) as a run")
+    p.add_argument("format", choices=["hf"])
+    p.add_argument("hf_dir", metavar="HF_DIR")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds a model written by "
+                   "merge, quantize or import (anything else is never overwritten)")
+    p.add_argument("--allow-pickle", action="store_true", help="accept a pytorch_model.bin, loaded with "
+                   "torch.load(weights_only=True); safetensors needs no flag")
+    p.set_defaults(func=cmd_import)

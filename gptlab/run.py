@@ -204,11 +204,12 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu",
         from gptlab.adapters.lora import apply_lora
 
         apply_lora(model, cfg.lora)
-    quantized = bool(run_info(run_dir).get("quantized"))
+    info = run_info(run_dir)
+    quantized = bool(info.get("quantized"))
     if quantized:
         from gptlab.quant import quantized_structure
 
-        quantized_structure(model, cfg.quant)
+        quantized_structure(model, cfg.quant, info.get("quantized_layers"))
     elif cfg.quant.qat != "none":
         from gptlab.quant import prepare_qat
 

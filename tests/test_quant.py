@@ -4,6 +4,7 @@ and the cross-check against torchao."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -16,11 +17,12 @@ from hypothesis import given, settings, strategies as st
 from torch import nn
 
 from gptlab.cli import main
-from gptlab.config import QuantConfig
+from gptlab.config import ModelConfig, QuantConfig, RunConfig
 from gptlab.data import load_data
 from gptlab.evaluate import evaluate
 from gptlab.model import GPT
-from gptlab.quant import QATLinear, QuantLinear, QuantSpec, convert_qat, fake_quant, prepare_qat, quantize
+from gptlab.quant import (QATLinear, QuantLinear, QuantSpec, convert_qat, fake_quant, prepare_qat, quantize,
+                          quantized_layers)
 from gptlab.quant.fake import compute_scales, fake_quant_ste, grouped
 from gptlab.quant import kernels, native
 from gptlab.quant.kernels import int8_linear
@@ -176,7 +178,7 @@ def test_quantize_swaps_only_the_chosen_layers_and_int8_stays_close():
     assert names == {f"h.{i}.{l}" for i in range(2) for l in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
     assert isinstance(q.lm_head, nn.Linear)  # the head is a filter away, not a special case
     assert (q(x) - ref).abs().max() < 2e-2 * ref.abs().max()
-    only_first = quantize(copy.deepcopy(model), QuantConfig(bits=4), only=lambda n, m: n == "h.0.mlp.c_fc")
+    only_first = quantize(copy.deepcopy(model), QuantConfig(bits=4), only=lambda m, fqn: fqn == "h.0.mlp.c_fc")
     assert [n for n, m in only_first.named_modules() if isinstance(m, QuantLinear)] == ["h.0.mlp.c_fc"]
     head = quantize(copy.deepcopy(model), QuantConfig(targets="all"))
     assert isinstance(head.lm_head, QuantLinear) and torch.equal(head.wte.weight, model.wte.weight)
@@ -200,7 +202,7 @@ def test_smoothing_moves_an_activation_outlier_into_the_weights():
         cfg = QuantConfig(bits=8, activations="static", smooth=smooth)
         wrapper = nn.ModuleDict({"layer": copy.deepcopy(linear)})
         wrapper.forward = lambda t, w=wrapper: w["layer"](t)
-        quantize(wrapper, cfg, only=lambda n, m: n == "layer", calibration=[x])
+        quantize(wrapper, cfg, only=lambda m, fqn: fqn == "layer", calibration=[x])
         errors[smooth] = float((wrapper(x) - exact).detach().pow(2).mean())
     assert errors[0.5] < errors[0.0] / 3
 
@@ -210,7 +212,7 @@ def test_static_activation_scale_comes_from_calibration():
     x = torch.randn(10, 8)
     wrapper = nn.ModuleDict({"layer": linear})
     wrapper.forward = lambda t: wrapper["layer"](t)
-    quantize(wrapper, QuantConfig(activations="static"), only=lambda n, m: n == "layer", calibration=[x])
+    quantize(wrapper, QuantConfig(activations="static"), only=lambda m, fqn: fqn == "layer", calibration=[x])
     assert float(wrapper["layer"].act_scale) == pytest.approx(float(x.abs().max()) / 127)
 
 
@@ -385,3 +387,23 @@ def test_perplexity_matches_torchao(float_run, ours, theirs):
         tq.quantize_(ao, getattr(tq, theirs)(), filter_fn=blocks)
         theirs_loss = evaluate(ao, val, 32, max_windows=64).loss
     assert abs(mine - theirs_loss) < 0.1 * abs(mine - base) + 2e-3, (base, mine, theirs_loss)
+
+
+def test_a_model_quantized_with_a_custom_filter_reloads_as_it_was(tmp_path):
+    from gptlab.model.filters import named
+    from gptlab.run import load_model, write_model_run
+    from gptlab.tokenizers import CharTokenizer
+
+    torch.manual_seed(0)
+    cfg = RunConfig(model=ModelConfig(vocab_size=31, n_layer=2, n_head=2, n_embd=32, block_size=16))
+    model = quantize(GPT(cfg.model), QuantConfig(bits=4), only=named(["h.1.mlp.c_fc", "lm_head"]))
+    idx = torch.randint(0, 31, (2, 16))
+    with torch.no_grad():
+        expected = model(idx)
+    tok = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz .,\n"), with_eot=True)
+    write_model_run(tmp_path / "q", dataclasses.replace(cfg, quant=QuantConfig(bits=4)), tok, model,
+                    {"quantized": True, "quantized_layers": sorted(quantized_layers(model))})
+    loaded, _, _ = load_model(tmp_path / "q")
+    assert sorted(quantized_layers(loaded)) == ["h.1.mlp.c_fc", "lm_head"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx), expected)

@@ -15,6 +15,7 @@ from torch import nn
 
 from gptlab.config import LoraConfig
 from gptlab.errors import ConfigError
+from gptlab.model.filters import LayerFilter, block_linears, linears, replace_module
 
 
 class LoraLinear(nn.Module):
@@ -52,30 +53,20 @@ class LoraLinear(nn.Module):
             self.merged = False
 
 
-def target_modules(model: nn.Module, targets: list[str]) -> list[tuple[str, nn.Module, str]]:
-    """(full name, parent module, attribute) of every block linear layer named by `targets` (e.g. attn.c_attn)."""
-    found = []
-    for i, block in enumerate(model.h):
-        for target in targets:
-            parent_name, attr = target.rsplit(".", 1)
-            parent = getattr(block, parent_name)
-            found.append((f"h.{i}.{target}", parent, attr))
-    return found
-
-
-def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
-    """Wrap the targeted layers with adapters (in place) and freeze everything else; returns the model."""
+def apply_lora(model: nn.Module, cfg: LoraConfig, only: LayerFilter | None = None) -> nn.Module:
+    """Wrap the layers `only` picks (default: the blocks' layers named by `lora.targets`) with adapters, in place,
+    and freeze everything else; returns the model."""
     if cfg.r <= 0:
         raise ConfigError("lora.r must be at least 1 to add adapters, e.g. --set lora.r=16")
     if lora_layers(model):
         raise ConfigError("the model already has LoRA adapters; merge or remove them first")
+    layers = linears(model, only or block_linears(cfg.target_list))
+    if not layers:
+        raise ConfigError("no linear layer matches the LoRA filter; check lora.targets")
     for p in model.parameters():
         p.requires_grad_(False)
-    for name, parent, attr in target_modules(model, cfg.target_list):
-        base = getattr(parent, attr)
-        if not isinstance(base, nn.Linear):
-            raise ConfigError(f"{name} is a {type(base).__name__}, not a linear layer; LoRA cannot wrap it")
-        setattr(parent, attr, LoraLinear(base, cfg.r, cfg.scale, cfg.dropout))
+    for fqn, base in layers.items():
+        replace_module(model, fqn, LoraLinear(base, cfg.r, cfg.scale, cfg.dropout))
     return model
 
 

@@ -82,7 +82,7 @@ def sensitivity(model: nn.Module, cfg: QuantConfig, val_tokens: np.ndarray, leng
     base = evaluate(model, val_tokens, length, max_windows=max_windows).loss
     out = {}
     for name in float_linears(model, target_filter(cfg)):
-        single = quantize(copy.deepcopy(model), cfg, only=lambda n, m, name=name: n == name, calibration=calibration)
+        single = quantize(copy.deepcopy(model), cfg, only=lambda m, fqn, name=name: fqn == name, calibration=calibration)
         out[name] = evaluate(single, val_tokens, length, max_windows=max_windows).loss - base
     return out
 

@@ -1,7 +1,7 @@
 """Post-training quantization as a model transform: `quantize(model, QuantConfig, only=...)`.
 
-Each selected `nn.Linear` is replaced by a `QuantLinear` holding integer weights. Which layers is a filter over
-(name, module), never a special case in the model: by default the blocks' four linear layers, with
+Each selected `nn.Linear` is replaced by a `QuantLinear` holding integer weights. Which layers is a filter
+`(module, fqn) -> bool` (gptlab.model.filters, torchao's convention), never a special case in the model: by default the blocks' four linear layers, with
 `targets=all` the output head too (a tied head gets its own integer copy; the embedding table stays float).
 
 Static activation scales and SmoothQuant need activation statistics: the per-input-channel largest |x| seen by
@@ -12,20 +12,16 @@ the activation outliers move into the weights, which quantize per output channel
 
 from __future__ import annotations
 
-import re
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import Tensor, nn
 
 from gptlab.config import QuantConfig
 from gptlab.errors import ConfigError
+from gptlab.model.filters import LayerFilter, block_linears, linears, named, replace_module  # noqa: F401 (re-exported)
 from gptlab.quant.fake import QuantSpec
 from gptlab.quant.linear import QuantLinear
-
-LayerFilter = Callable[[str, nn.Module], bool]
-BLOCK_LINEAR = re.compile(r"^h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)$")
-
 
 def weight_spec(cfg: QuantConfig) -> QuantSpec:
     return QuantSpec(cfg.bits, cfg.scheme == "symmetric", cfg.granularity, cfg.group_size, cfg.clip_ratio)
@@ -33,18 +29,11 @@ def weight_spec(cfg: QuantConfig) -> QuantSpec:
 
 def target_filter(cfg: QuantConfig) -> LayerFilter:
     """The layers `cfg.targets` names: the blocks' linear layers, and the head with targets=all."""
-    def chosen(name: str, module: nn.Module) -> bool:
-        return bool(BLOCK_LINEAR.match(name)) or (cfg.targets == "all" and name == "lm_head")
-    return chosen
+    return block_linears(head=cfg.targets == "all")
 
 
 def float_linears(model: nn.Module, only: LayerFilter) -> dict[str, nn.Linear]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and only(name, m)}
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, new)
+    return linears(model, only)
 
 
 @torch.no_grad()
@@ -110,10 +99,11 @@ def quantize(model: nn.Module, cfg: QuantConfig, only: LayerFilter | None = None
     return model
 
 
-def quantized_structure(model: nn.Module, cfg: QuantConfig) -> nn.Module:
-    """The layers `quantize` would make, empty, for loading a saved quantized model's state into."""
+def quantized_structure(model: nn.Module, cfg: QuantConfig, layers: Iterable[str] | None = None) -> nn.Module:
+    """The layers `quantize` made, empty, for loading a saved quantized model's state into: the `layers` it
+    recorded (whatever filter chose them), else those `cfg.targets` names."""
     spec = weight_spec(cfg)
-    for name, linear in float_linears(model, target_filter(cfg)).items():
+    for name, linear in float_linears(model, named(layers) if layers is not None else target_filter(cfg)).items():
         q = QuantLinear(linear.in_features, linear.out_features, linear.bias is not None, spec, cfg.activations,
                         cfg.act_bits, cfg.smooth > 0, name)
         replace_module(model, name, q.to(linear.weight.device))

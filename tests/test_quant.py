@@ -26,6 +26,7 @@ from gptlab.quant import (QATLinear, QuantLinear, QuantSpec, convert_qat, fake_q
 from gptlab.quant.fake import compute_scales, fake_quant_ste, grouped
 from gptlab.quant import kernels, native
 from gptlab.quant.kernels import int8_linear
+from gptlab.quant.ptq import target_filter
 from gptlab.quant.qat import gradient_ratio
 from tests.conftest import tiny_config
 
@@ -381,7 +382,7 @@ def test_perplexity_matches_torchao(float_run, ours, theirs):
     base = evaluate(model, val, 32, max_windows=64).loss
     mine = evaluate(quantize(copy.deepcopy(model), ours), val, 32, max_windows=64).loss
     ao = copy.deepcopy(model)
-    blocks = lambda m, fqn: isinstance(m, nn.Linear) and fqn.startswith("h.")
+    blocks = target_filter(QuantConfig())  # the same (module, fqn) filter both libraries take
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tq.quantize_(ao, getattr(tq, theirs)(), filter_fn=blocks)

@@ -19,7 +19,6 @@ from gptlab.lab import stats
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant
 from gptlab.lab.lesson import Lesson
 from gptlab.train.loop import NonFiniteStep, Trainer
-from gptlab.train.metrics import read_metrics
 
 BASELINE = "baseline"
 VARIANTS = (
@@ -78,6 +77,7 @@ class StabilityLesson(Lesson):
     # -- the report --------------------------------------------------------------------------------------------
     def extra_blocks(self, results, directory: Path) -> list:
         from gptlab.document import Block
+        from gptlab.lab.lessons.stability_plots import plot_lr_curves, plot_attention_growth
 
         lrs = sorted({float(c.condition[2:]) for c in results.cells})
         if len(lrs) < 2:
@@ -141,42 +141,3 @@ def sensitivities(results, lrs: list[float]) -> dict[str, dict[int, float]]:
             out[variant] = {seed: float(np.mean([loss - min(v.values()) for loss in v.values()]))
                             for seed, v in sorted(complete.items())}
     return out
-
-
-def plot_lr_curves(results, lrs: list[float], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from gptlab.lab.plots import band, save_figure
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
-    for variant in results.variants:
-        mean, low, high = band([results.values(f"lr{lr:g}", variant, "val_loss") for lr in lrs])
-        line, = ax.plot(lrs, mean, marker="o", label=variant, lw=1.4, ls="-" if variant == BASELINE else "--")
-        ax.fill_between(lrs, low, high, color=line.get_color(), alpha=0.12, lw=0)
-    ax.set_xscale("log")
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel("final val loss (diverged = ln vocabulary)")
-    save_figure(fig, ax, path, "Final loss against learning rate (mean, 95 % CI over seeds)", legend_cols=2)
-
-
-def plot_attention_growth(results, lrs: list[float], path: Path) -> float:
-    """Max attention logit over steps, mean over seeds, at the second-highest learning rate; returns that rate."""
-    import matplotlib.pyplot as plt
-
-    from gptlab.lab.plots import save_figure
-
-    lr = lrs[-2] if len(lrs) > 2 else lrs[-1]
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
-    for variant in results.variants:
-        runs = []
-        for c in results.arm(f"lr{lr:g}", variant):
-            cell = results.cell_dir(c) / "metrics.jsonl"
-            runs.append({r["step"]: r["max_attn_logit"] for r in read_metrics(cell) if "max_attn_logit" in r})
-        steps = sorted(set.intersection(*(set(r) for r in runs))) if runs else []
-        if steps:
-            ax.plot(steps, [np.mean([r[s] for r in runs]) for s in steps], label=variant, lw=1.4)
-    ax.set_xlabel("step")
-    ax.set_ylabel("largest attention logit (probe window)")
-    save_figure(fig, ax, path, f"Attention-logit growth at lr {lr:g} (mean over seeds; diverged runs end early)",
-                legend_cols=2)
-    return lr

@@ -138,7 +138,8 @@ def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
                              f"One Holm family: all {len(comparisons)} comparisons of this table; each CI is at the "
                              "level consistent with its Holm-adjusted p (it excludes 0 exactly when Holm p < 0.05). "
                              f"Equivalence: two one-sided tests against ±{lesson.equivalence_margin:g}, Holm-adjusted "
-                             "in the same way. MDE: the smallest difference these seeds detect with 80 % power. "
+                             "in the same way. MDE: the smallest difference these seeds detect with 80 % power at "
+                             "the family's corrected level (α/m, Holm's strictest step). "
                              f"Bootstrap CIs only from {stats.BOOTSTRAP_MIN_N} seeds per arm (fewer undercover)."))
     rows = [["condition", "baseline → other", "difference", "CI (Holm-consistent)", "p", "Holm p",
              f"TOST ±{lesson.equivalence_margin:g} (Holm)", "MDE", "g", "test"]]

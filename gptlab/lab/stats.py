@@ -100,7 +100,8 @@ class Comparison:
     margin: float = math.nan  # equivalence margin stated by the lesson (same units as the metric)
     p_equivalent: float = math.nan  # TOST: max of the two one-sided p-values against ±margin
     p_equivalent_adjusted: float = math.nan  # Holm-adjusted across the lesson's equivalence tests
-    mde: float = math.nan  # smallest |difference| detectable with 80 % power at α = 0.05 and this SD and n
+    # smallest |difference| detectable with 80 % power at this SD and n: at α = 0.05 alone, at α/m in a family of m
+    mde: float = math.nan
     dropped: int = 0  # runs left out because their seed was missing from the other arm
 
     def significant(self, alpha: float = 0.05) -> bool:
@@ -220,10 +221,13 @@ def adjust(comparisons: Sequence[Comparison], alpha: float = 0.05) -> list[Compa
     adjusted = holm([c.p for c in comparisons])
     levels = holm_levels([c.p for c in comparisons], alpha)
     equivalent = holm([c.p_equivalent for c in comparisons])
+    m = max(1, sum(not math.isnan(c.p) for c in comparisons))
     out = []
     for c, q, level, q_eq in zip(comparisons, adjusted, levels, equivalent):
         low, high = c.ci_at(level)
-        out.append(replace(c, p_adjusted=q, ci_low=low, ci_high=high, ci_level=level, p_equivalent_adjusted=q_eq))
+        # detectable after the correction: at α/m, Holm's strictest step (an upper bound of what Holm needs)
+        out.append(replace(c, p_adjusted=q, ci_low=low, ci_high=high, ci_level=level, p_equivalent_adjusted=q_eq,
+                           mde=minimum_detectable_effect(c.se, c.df, alpha / m)))
     return out
 
 
@@ -268,7 +272,8 @@ def verdict(c: Comparison, metric: str = "val loss", lower_is_better: bool = Tru
                 f"{eq}, {seeds})")
     margin = f"; equivalence within ±{c.margin:g} not shown" if c.margin > 0 else ""
     return (f"inconclusive: {c.b} vs {c.a} differ by {c.diff:+.{digits}f} in {metric} ({ci}, {_fmt_p(c.p)}{correction}, "
-            f"{seeds}){margin}; the smallest difference these seeds detect with 80 % power is ±{c.mde:.{digits}f}")
+            f"{seeds}){margin}; the smallest difference these seeds detect with 80 % power"
+            f"{' after the correction' if c.p_adjusted != c.p else ''} is ±{c.mde:.{digits}f}")
 
 
 @dataclass(frozen=True)

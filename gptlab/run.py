@@ -200,23 +200,13 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu",
     require_finite(ckpt.model, f"the {which} checkpoint of {run_dir}")
     require_memory(model_bytes(cfg.model), f"the model of {run_dir}", "use a machine with more memory")
     model = GPT(cfg.model)
-    if cfg.lora.r > 0:  # a LoRA fine-tune: its checkpoints hold the base weights and the adapters
-        from gptlab.adapters.lora import apply_lora
+    from gptlab.transforms import recipe, replay
 
-        apply_lora(model, cfg.lora)
-    info = run_info(run_dir)
-    quantized = bool(info.get("quantized"))
-    if quantized:
-        from gptlab.quant import quantized_structure
-
-        quantized_structure(model, cfg.quant, info.get("quantized_layers"))
-    elif cfg.quant.qat != "none":
-        from gptlab.quant import prepare_qat
-
-        prepare_qat(model, cfg.quant)
+    steps = recipe(cfg, run_info(run_dir))
+    replay(model, cfg, steps)  # LoRA, QAT, quantization: the structure the checkpoint's weights fit
     load_model_state(model, ckpt.model, f"checkpoint of {run_dir}")
     if quant != "none":
-        if quantized or cfg.quant.qat != "none" or cfg.lora.r > 0:
+        if steps:
             raise ConfigError(f"--quant {quant} quantizes a plain float model; {run_dir} is already quantized, "
                               "quantization-aware or an adapter run (merge it first)")
         from gptlab.quant import quantize_on_load

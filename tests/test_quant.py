@@ -408,3 +408,21 @@ def test_a_model_quantized_with_a_custom_filter_reloads_as_it_was(tmp_path):
     assert sorted(quantized_layers(loaded)) == ["h.1.mlp.c_fc", "lm_head"]
     with torch.no_grad():
         torch.testing.assert_close(loaded(idx), expected)
+
+
+def test_runs_record_their_transforms_and_loading_replays_them(char_data, tmp_path):
+    from gptlab.run import load_model, run_info
+    from tests.conftest import TINY
+
+    qat = tmp_path / "qat"
+    assert main(["train", "--data", str(char_data), "--out", str(qat), "--set", "quant.qat=ste", "--set", "quant.bits=4",
+                 *[a for t in TINY for a in ("--set", t)], "--set", "train.max_steps=2"]) == 0
+    steps = run_info(qat)["transforms"]
+    assert [s["name"] for s in steps] == ["qat"] and all(n.startswith("h.") for n in steps[0]["layers"])
+    model, _, _ = load_model(qat)
+    assert sorted(n for n, m in model.named_modules() if isinstance(m, QATLinear)) == steps[0]["layers"]
+    out = tmp_path / "q"
+    assert main(["quantize", "--run", str(qat), "--out", str(out)]) == 0
+    assert [s["name"] for s in run_info(out)["transforms"]] == ["quantize"]  # the integer form replaces the QAT one
+    loaded, _, _ = load_model(out)
+    assert sorted(quantized_layers(loaded)) == run_info(out)["transforms"][0]["layers"]

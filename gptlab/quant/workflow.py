@@ -41,7 +41,8 @@ def quantize_run(run_dir: str | Path, out: str | Path, overrides: list[str] | No
                  data_dir: str | Path | None = None, eval_windows: int = 64, overwrite: bool = False) -> dict:
     """Write a quantized copy of a run: post-training quantization of a float run, or the integer form of a
     quantization-aware one. Returns the val loss before and after and the sizes on disk."""
-    from gptlab.quant import convert_qat, quantize, quantized_layers
+    from gptlab.quant import convert_qat, quantize
+    from gptlab.transforms import recorded
 
     run_dir = Path(run_dir)
     if eval_windows < 1:
@@ -81,7 +82,7 @@ def quantize_run(run_dir: str | Path, out: str | Path, overrides: list[str] | No
     final_cfg = dataclasses.replace(cfg, quant=qcfg)
     info = {"data": run_info(run_dir).get("data"), "quantized": True, "source": str(run_dir.resolve()),
             "val_loss_float": float_loss, "val_loss_quantized": quant_loss,
-            "quantized_layers": sorted(quantized_layers(model))}  # reloaded as recorded, whatever chose them
+            "transforms": [recorded(model, "quantize")]}  # reloaded as recorded, whatever filter chose the layers
     write_model_run(out, final_cfg, tok, model, info, overwrite)
     return {"val_loss_float": float_loss, "val_loss_quantized": quant_loss, "bytes_float": disk_bytes(run_dir),
             "bytes_quantized": disk_bytes(Path(out)), "eval_windows": eval_windows, "length": length}

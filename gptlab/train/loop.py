@@ -32,6 +32,7 @@ from gptlab.train.callbacks import Callback, LogitProbe, PeftExport, QATWatch, S
 from gptlab.train.distributed import Distributed
 from gptlab.train.losses import lm_loss, z_loss
 from gptlab.train.metrics import MetricsLog
+from gptlab.transforms import recorded
 from gptlab.train.optim import build_optimizer, lr_at
 
 # Settings a resumed run may change: they do not alter the sequence of updates.
@@ -197,8 +198,10 @@ class Trainer:
         self.model = GPT(cfg.model).to(cfg.train.device)
         if init_state is not None:
             load_model_state(self.model, init_state, "the initial weights")
+        transforms = []  # recorded in run.json, replayed when the run is loaded
         if cfg.lora.r > 0:
             apply_lora(self.model, cfg.lora)
+            transforms.append(recorded(self.model, "lora"))
         self.callbacks: list[Callback] = []
         if cfg.quant.qat != "none":
             if cfg.lora.r > 0:
@@ -207,6 +210,7 @@ class Trainer:
             from gptlab.quant.qat import prepare_qat
 
             prepare_qat(self.model, cfg.quant)
+            transforms.append(recorded(self.model, "qat"))
             self.callbacks.append(QATWatch(self.model, cfg.quant))
         self.callbacks += [SpikeWatch(cfg.train.spike_window, cfg.train.spike_threshold), LogitProbe()]
         if cfg.lora.r > 0:
@@ -221,7 +225,7 @@ class Trainer:
         if resume:
             self._restore()
         elif self.dist.main:
-            create_run(self.run_dir, cfg, data, info)
+            create_run(self.run_dir, cfg, data, {**(info or {}), "transforms": transforms})
         self.dist.barrier()
         if cfg.train.activation_checkpointing:
             from gptlab.train.efficiency import checkpoint_blocks

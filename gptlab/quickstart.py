@@ -10,7 +10,8 @@ from gptlab.config import build_config
 from gptlab.data import is_data_dir, load_data, prepare
 from gptlab.generate import generate
 from gptlab.report import write_summary
-from gptlab.run import is_run, load_model
+from gptlab.run import load_model
+from gptlab.rundir import is_run
 from gptlab.train.loop import resume, train
 
 PROMPTS = ["HAMLET.\n", "To be, or not", "KING."]

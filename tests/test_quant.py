@@ -411,7 +411,8 @@ def test_a_model_quantized_with_a_custom_filter_reloads_as_it_was(tmp_path):
 
 
 def test_runs_record_their_transforms_and_loading_replays_them(char_data, tmp_path):
-    from gptlab.run import load_model, run_info
+    from gptlab.run import load_model
+    from gptlab.rundir import run_info
     from tests.conftest import TINY
 
     qat = tmp_path / "qat"

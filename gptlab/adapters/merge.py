@@ -11,7 +11,8 @@ from gptlab.adapters.peft_format import load_adapter
 from gptlab.config import LoraConfig, replace
 from gptlab.errors import CheckpointError
 from gptlab.io import check_distinct
-from gptlab.run import check_model_run_out, load_model, write_model_run
+from gptlab.run import load_model, write_model_run
+from gptlab.rundir import check_model_run_out
 from gptlab.tensorfile import max_abs_diff
 
 MERGE_TOLERANCE = 1e-5

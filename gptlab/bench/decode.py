@@ -18,7 +18,7 @@ from gptlab.config import build_config
 from gptlab.errors import GptlabError
 from gptlab.generate import generate
 from gptlab.model import GPT
-from gptlab.run import set_threads
+from gptlab.train.distributed import set_threads
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

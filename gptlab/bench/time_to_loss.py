@@ -23,7 +23,7 @@ from gptlab.config import RunConfig, build_config
 from gptlab.data import BatchSampler, TokenData, eval_batches, load_data, prepare
 from gptlab.errors import GptlabError
 from gptlab.model import GPT
-from gptlab.run import set_threads
+from gptlab.train.distributed import set_threads
 from gptlab.train.losses import lm_loss
 from gptlab.train.loop import model_config_for, optimizer_step
 from gptlab.train.optim import build_optimizer, lr_at

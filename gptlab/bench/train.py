@@ -15,7 +15,7 @@ import torch
 from gptlab.bench.hardware import matmul_peak
 from gptlab.config import RunConfig, build_config
 from gptlab.model import GPT, count_parameters, flops_per_token
-from gptlab.run import set_threads
+from gptlab.train.distributed import set_threads
 from gptlab.train.loop import optimizer_step
 from gptlab.train.optim import build_optimizer
 

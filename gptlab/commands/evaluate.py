@@ -12,7 +12,9 @@ from gptlab.io import atomic_write_json
 def cmd_eval(args: argparse.Namespace) -> None:
     from gptlab.data import load_data
     from gptlab.evaluate import evaluate
-    from gptlab.run import check_data_for_run, load_model, run_data_dir, set_threads
+    from gptlab.run import load_model
+    from gptlab.rundir import check_data_for_run, run_data_dir
+    from gptlab.train.distributed import set_threads
 
     set_threads()
     try:

@@ -10,7 +10,8 @@ from gptlab.io import atomic_write_json
 
 def cmd_quantize(args: argparse.Namespace) -> None:
     from gptlab.quant.workflow import describe, quantize_run
-    from gptlab.run import load_run_config, set_threads
+    from gptlab.rundir import load_run_config
+    from gptlab.train.distributed import set_threads
 
     set_threads()
     r = quantize_run(args.run, args.out, args.overrides, args.data, args.eval_windows, args.overwrite)
@@ -28,7 +29,7 @@ def cmd_quant(args: argparse.Namespace) -> None:
     from gptlab.document import Block, to_markdown
     from gptlab.quant.inspect import as_records, stats_table
     from gptlab.quant.workflow import describe, inspect_run
-    from gptlab.run import set_threads
+    from gptlab.train.distributed import set_threads
 
     set_threads()
     q, stats = inspect_run(args.run, args.overrides, args.data, args.eval_windows, not args.no_sensitivity)

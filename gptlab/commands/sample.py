@@ -10,7 +10,8 @@ from gptlab.commands.common import count, number
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from gptlab.generate import StreamingDecoder, check_prompt, generate
-    from gptlab.run import load_model, set_threads
+    from gptlab.run import load_model
+    from gptlab.train.distributed import set_threads
 
     set_threads()
     if args.adapter:

@@ -21,7 +21,8 @@ from gptlab.io import check_distinct, check_output_dir, replace_dir, temp_dir_be
 from gptlab.memory import model_bytes, parameter_count, require_memory
 from gptlab.model import GPT
 from gptlab.paths import contained, resolve
-from gptlab.run import check_model_run_out, load_model, run_info, write_model_run
+from gptlab.run import load_model, write_model_run
+from gptlab.rundir import check_model_run_out, run_info
 from gptlab.tensorfile import max_abs_diff, read_tensors, require_finite, write_tensors
 from gptlab.train.checkpoint import load_model_state, model_state
 

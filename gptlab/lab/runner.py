@@ -30,7 +30,7 @@ from gptlab.errors import ConfigError, GptlabError
 from gptlab.io import atomic_write_json
 from gptlab.lab.grid import Cell, Grid, cell_config
 from gptlab.lab.lesson import Lesson
-from gptlab.run import is_run, load_run_config
+from gptlab.rundir import is_run, load_run_config
 
 # Settings that may differ between the first and a later run of a cell without changing its result. The thread
 # count is not one of them: 1 and 2 threads give gradients that differ by ~1e-9, so it is part of a cell's

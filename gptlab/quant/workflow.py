@@ -13,7 +13,8 @@ from gptlab.data import TokenData, eval_batches, load_data
 from gptlab.errors import ConfigError
 from gptlab.evaluate import evaluate
 from gptlab.io import check_distinct
-from gptlab.run import check_data_for_run, check_model_run_out, load_model, run_data_dir, run_info, write_model_run
+from gptlab.run import load_model, write_model_run
+from gptlab.rundir import check_data_for_run, check_model_run_out, run_data_dir, run_info
 
 MODEL_FILE_GLOB = "checkpoints/*/model.safetensors"
 

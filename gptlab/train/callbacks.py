@@ -119,7 +119,7 @@ class PeftExport(Callback):
 
     def on_end(self, trainer: "Trainer") -> None:
         from gptlab.adapters.peft_format import save_adapter_state
-        from gptlab.run import run_info
+        from gptlab.rundir import run_info
         from gptlab.train.checkpoint import load_checkpoint
 
         if trainer.dist.main:

@@ -92,3 +92,11 @@ class Distributed:
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def set_threads(n: int = 0) -> int:
+    """One intra-op thread per core by default (shared out among the processes of a torchrun launch): more threads
+    than cores makes small models many times slower."""
+    n = n or max(1, len(os.sched_getaffinity(0)) // local_world_size())
+    torch.set_num_threads(n)
+    return n

@@ -25,11 +25,11 @@ from gptlab.errors import CheckpointError, ConfigError, GptlabError
 from gptlab.lock import RunLock
 from gptlab.memory import require_memory, training_bytes
 from gptlab.model import GPT, count_parameters, flops_per_token
-from gptlab.run import check_run_out, create_run, load_run_config, run_data_dir, run_info, same_tokenizer, set_threads
+from gptlab.rundir import check_run_out, create_run, load_run_config, run_data_dir, run_info, same_tokenizer
 from gptlab.train.checkpoint import (Checkpoint, load_checkpoint, load_model_state, model_state, optimizer_tensors,
                                      restore_optimizer, save_checkpoint)
 from gptlab.train.callbacks import Callback, LogitProbe, PeftExport, QATWatch, SpikeWatch
-from gptlab.train.distributed import Distributed
+from gptlab.train.distributed import Distributed, set_threads
 from gptlab.train.losses import lm_loss, z_loss
 from gptlab.train.metrics import MetricsLog
 from gptlab.transforms import recorded

@@ -1,6 +1,7 @@
 """What the training loop does besides training, as callbacks: each watches or records one thing.
 
-The loop (`gptlab.train.loop.Trainer`) runs steps, evaluations and checkpoints; a callback gets three hooks:
+The loop (`gptlab.train.loop.Trainer`) runs steps, evaluations and checkpoints; `NonFinitePolicy` decides what a
+non-finite step does to it (stop, skip, roll back). A callback gets three hooks:
 `on_step` after every optimizer step, `on_log` to add fields to the logged step record (rank 0 only), and
 `on_end` when training finishes. Counts that must survive a resume go in `trainer.counts` / `trainer.peaks`,
 which checkpoints carry.
@@ -126,3 +127,36 @@ class PeftExport(Callback):
             best = load_checkpoint(trainer.run_dir, "best", with_state=False)
             save_adapter_state(best.model, trainer.cfg.lora, trainer.run_dir,
                                run_info(trainer.run_dir).get("init_from", ""))
+
+
+MAX_ROLLBACKS = 5  # a batch that is non-finite at any learning rate would otherwise roll back for ever
+
+
+class NonFinitePolicy:
+    """train.on_nonfinite for a step whose loss or gradient was not finite (nothing of it reached the weights):
+    stop with the error, skip the batch, or roll back to the last checkpoint and go on with the learning rate
+    times train.rollback_lr_factor (at most MAX_ROLLBACKS times; logged and kept across resumes)."""
+
+    def __init__(self, policy: str, lr_factor: float):
+        self.policy, self.lr_factor = policy, lr_factor
+
+    def handle(self, trainer: "Trainer", error) -> None:
+        from gptlab.errors import GptlabError
+
+        if self.policy == "stop":
+            raise error
+        if self.policy == "skip":
+            trainer.step += 1  # the batch is consumed and dropped
+            trainer.counts["skipped"] += 1
+            trainer.metrics.log({"step": trainer.step, "event": "skipped", "reason": f"non-finite {error.what}"})
+            return
+        last = trainer.run_dir / "checkpoints" / "last.json"
+        if not last.is_file() or trainer.counts["rollbacks"] >= MAX_ROLLBACKS:
+            why = "no checkpoint to return to yet" if not last.is_file() else f"{MAX_ROLLBACKS} rollbacks already"
+            raise GptlabError(f"{error} (rollback impossible: {why})")
+        counts, at = dict(trainer.counts), trainer.step + 1
+        trainer.restore()
+        trainer.counts = {**counts, "rollbacks": counts["rollbacks"] + 1}
+        trainer.lr_scale *= self.lr_factor
+        trainer.metrics.log({"step": at, "event": "rollback", "reason": f"non-finite {error.what}",
+                             "to_step": trainer.step, "lr_scale": trainer.lr_scale})

@@ -28,7 +28,7 @@ from gptlab.model import GPT, count_parameters, flops_per_token
 from gptlab.rundir import check_run_out, create_run, load_run_config, run_data_dir, run_info, same_tokenizer
 from gptlab.train.checkpoint import (Checkpoint, load_checkpoint, load_model_state, model_state, optimizer_tensors,
                                      restore_optimizer, save_checkpoint)
-from gptlab.train.callbacks import Callback, LogitProbe, PeftExport, QATWatch, SpikeWatch
+from gptlab.train.callbacks import Callback, LogitProbe, NonFinitePolicy, PeftExport, QATWatch, SpikeWatch
 from gptlab.train.distributed import Distributed, set_threads
 from gptlab.train.losses import lm_loss, z_loss
 from gptlab.train.metrics import MetricsLog
@@ -153,9 +153,6 @@ class NullMetrics:
         pass
 
 
-MAX_ROLLBACKS = 5  # a batch that is non-finite at any learning rate would otherwise roll back for ever
-
-
 class Trainer:
     def __init__(self, run_dir: str | Path, cfg: RunConfig, data: TokenData, resume: bool = False,
                  progress: bool | None = None, on_step: Callable[[int, float], None] | None = None,
@@ -216,6 +213,7 @@ class Trainer:
         if cfg.lora.r > 0:
             self.callbacks.append(PeftExport())
         self.callbacks += extra
+        self.nonfinite = NonFinitePolicy(cfg.train.on_nonfinite, cfg.train.rollback_lr_factor)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.sampler = BatchSampler(data.train, cfg.train.batch_size, cfg.model.block_size, seed=cfg.train.seed)
         self.step, self.best_val, self.elapsed = 0, math.inf, 0.0
@@ -223,7 +221,7 @@ class Trainer:
         self.counts = {"spikes": 0, "skipped": 0, "rollbacks": 0}
         self.peaks = {"max_attn_logit": 0.0, "max_output_logit": 0.0}
         if resume:
-            self._restore()
+            self.restore()
         elif self.dist.main:
             create_run(self.run_dir, cfg, data, {**(info or {}), "transforms": transforms})
         self.dist.barrier()
@@ -249,7 +247,7 @@ class Trainer:
                 "counts": self.counts, "peaks": self.peaks}
         return Checkpoint(self.step, model_state(self.model), tensors, meta)
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
         ckpt = load_checkpoint(self.run_dir, "last")
         load_model_state(self.model, ckpt.model, f"checkpoint of {self.run_dir}")
         restore_optimizer(self.optimizer, ckpt.tensors, ckpt.meta["param_groups"])
@@ -278,27 +276,6 @@ class Trainer:
             out.update(cb.on_log(self))
         return out
 
-    def _nonfinite(self, error: "NonFiniteStep") -> None:
-        """Apply train.on_nonfinite to a step that produced a non-finite loss or gradient."""
-        policy = self.cfg.train.on_nonfinite
-        if policy == "stop":
-            raise error
-        if policy == "skip":
-            self.step += 1  # the batch is consumed and dropped
-            self.counts["skipped"] += 1
-            self.metrics.log({"step": self.step, "event": "skipped", "reason": f"non-finite {error.what}"})
-            return
-        last = self.run_dir / "checkpoints" / "last.json"
-        if not last.is_file() or self.counts["rollbacks"] >= MAX_ROLLBACKS:
-            why = "no checkpoint to return to yet" if not last.is_file() else f"{MAX_ROLLBACKS} rollbacks already"
-            raise GptlabError(f"{error} (rollback impossible: {why})")
-        counts, at = dict(self.counts), self.step + 1
-        self._restore()
-        self.counts = {**counts, "rollbacks": counts["rollbacks"] + 1}
-        self.lr_scale *= self.cfg.train.rollback_lr_factor
-        self.metrics.log({"step": at, "event": "rollback", "reason": f"non-finite {error.what}",
-                          "to_step": self.step, "lr_scale": self.lr_scale})
-
     # -- one optimizer step -----------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float, float] | None:
         """One optimizer step: (loss, lr, grad norm), or None when a non-finite step was skipped or rolled back."""
@@ -308,7 +285,7 @@ class Trainer:
             loss, grad_norm = optimizer_step(self.parallel_model, self.optimizer, micro_batches, self.cfg.train, lr,
                                              self.step, self.dist)
         except NonFiniteStep as e:
-            self._nonfinite(e)
+            self.nonfinite.handle(self, e)  # raises (stop), or drops the batch (skip), or returns to a checkpoint
             return None
         self.step += 1
         return loss, lr, grad_norm

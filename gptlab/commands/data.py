@@ -23,8 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Built-in corpora: shakespeare, shakespeare-plays, shakespeare-poems.")
     p.add_argument("--corpus", required=True, help="a text file, a folder of .txt files, or a built-in name")
     p.add_argument("--tokenizer", choices=["char", "bpe", "gpt2"], default="char")
-    p.add_argument("--vocab-size", type=count(2, 2**31), help="vocabulary size for a trained BPE tokenizer (default 4096)")
-    p.add_argument("--val-fraction", type=number(0, 1, low_open=True), default=0.1, help="share held out for validation (default 0.1)")
+    p.add_argument("--vocab-size", type=count(2, 2**31),
+                   help="vocabulary size for a trained BPE tokenizer (default 4096)")
+    p.add_argument("--val-fraction", type=number(0, 1, low_open=True), default=0.1,
+                   help="share held out for validation (default 0.1)")
     p.add_argument("--tiktoken-file", help="local r50k_base.tiktoken ranks file for --tokenizer gpt2 (offline)")
     p.add_argument("--tokenizer-from", metavar="DIR", help="reuse a saved tokenizer, e.g. RUN_DIR/tokenizer of "
                    "an imported model (overrides --tokenizer)")

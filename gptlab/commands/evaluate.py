@@ -64,8 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lengths", help="comma-separated context lengths, e.g. 64,128,256 (default: block_size)")
     p.add_argument("--max-windows", type=count(1), help="evaluate on at most this many windows per length")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--json", metavar="FILE", type=output_file, help="also write the results (with per-position losses) as JSON")
-    p.add_argument("--plot", metavar="FILE.png", type=output_file, help="plot the loss at each position for every length")
+    p.add_argument("--json", metavar="FILE", type=output_file,
+                   help="also write the results (with per-position losses) as JSON")
+    p.add_argument("--plot", metavar="FILE.png", type=output_file,
+                   help="plot the loss at each position for every length")
     add_set(p, "read positions differently, without retraining: model.rope_scaling=linear|ntk|yarn with "
                         "model.rope_scaling_factor=F, or model.learned_overflow=clamp")
     p.set_defaults(func=cmd_eval)

@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=count(1), default=200)
     p.add_argument("--temperature", type=number(0), default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=count(1), help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=number(0, 1, low_open=True), help="sample among the most likely tokens whose probability sums to p")
+    p.add_argument("--top-p", type=number(0, 1, low_open=True),
+                   help="sample among the most likely tokens whose probability sums to p")
     p.add_argument("--seed", type=count(0, 2**63 - 1 - 10**6), help="make sampling repeatable")
     p.add_argument("--num-samples", type=count(1, 10**6), default=1)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")

@@ -201,9 +201,9 @@ class PositionsLesson(Lesson):
         at_1 = {r: v["1x"] for r, v in table.items() if v["1x"]}
         at_8 = {r: v[f"{MULTIPLES[-1]}x"] for r, v in table.items() if v[f"{MULTIPLES[-1]}x"]}
         best_1 = min(at_1, key=lambda r: np.mean(at_1[r]))
-        text.append(f"At the training length the lowest mean loss is {best_1} ({np.mean(at_1[best_1]):.4f} on the "
-                    "length-evaluation windows below, which sit a constant offset from the training val loss); the "
-                    "comparisons above say which of the differences from RoPE are larger than seed noise.")
+        text.append(f"At the training length the lowest mean loss is {best_1} ({np.mean(at_1[best_1]):.4f} on the fixed "
+                    "target tokens that every length scores); the comparisons above say which of the differences "
+                    "from RoPE are larger than seed noise.")
         if at_8:
             order = sorted(at_8, key=lambda r: np.mean(at_8[r]))
             text.append(f"At {MULTIPLES[-1]}× the training length the ranking is "

@@ -120,7 +120,7 @@ class EfficiencyLesson(Lesson):
         base = results.summary("char", BASELINE, "steady_tokens_per_s")
         if base.n:
             rows = [["variant", "tokens/s", "speed-up vs baseline", "MFU", "held for backward (MB)",
-                     "memory vs baseline", "Δ val loss (95 % CI)"]]
+                     "memory vs baseline", "Δ val loss (Holm-consistent CI)"]]
             base_mem = np.mean(results.values("char", BASELINE, "saved_mb"))
             comparisons = dict((c.b, c) for _, c in results.compare(self.comparisons(), self.metric,
                                                                     self.equivalence_margin))

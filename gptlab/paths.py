@@ -19,16 +19,16 @@ def resolve(path: str | Path) -> Path:
         raise CheckpointError(f"cannot resolve {path}: {e}") from None
 
 
-def contained(base: str | Path, name: object, source: str) -> Path:
-    """`base / name`, after checking that it resolves (symlinks followed) to a path inside `base`."""
+def contained(base: str | Path, name: object, source: str, root: str | Path | None = None) -> Path:
+    """`base / name`, after checking that it resolves (symlinks followed) to a path inside `root` (default:
+    `base`; a folder above it where files of `base` may legitimately link, e.g. a Hugging Face cache)."""
     if not isinstance(name, str) or not name or "\x00" in name:
         raise CheckpointError(f"{source} names {name!r}, which is not a file name")
     if Path(name).is_absolute():
         raise CheckpointError(f"{source} names the absolute path {name!r}; only files inside its folder are read")
     base = Path(base)
     path = base / name
-    root = resolve(base)
-    if not resolve(path).is_relative_to(root):
+    if not resolve(path).is_relative_to(resolve(root if root is not None else base)):
         raise CheckpointError(f"{source} names {name!r}, which leads outside {base}; only files inside its folder "
                               "are read")
     return path

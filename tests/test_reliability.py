@@ -206,14 +206,21 @@ def test_a_weights_symlink_out_of_the_folder_is_refused(capsys, hf_dir, copy, tm
     refused(capsys, ["import", "hf", d, "--out", tmp_path / "out"], "leads outside")
 
 
-def test_a_hugging_face_cache_snapshot_may_link_into_its_blobs(hf_dir, tmp_path):
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_hugging_face_cache_snapshot_may_link_into_its_blobs(hf_dir, tmp_path, sharded):
     repo = tmp_path / "models--org--tiny"
     snap, blobs = repo / "snapshots" / "abc123", repo / "blobs"
     snap.mkdir(parents=True)
     blobs.mkdir()
-    for f in hf_dir.iterdir():
-        shutil.copy(f, blobs / f.name)
-        (snap / f.name).symlink_to(Path("../../blobs") / f.name)
+    files = {f.name: f.read_bytes() for f in hf_dir.iterdir()}
+    if sharded:  # one shard named by an index, both linked into blobs/ as the cache does
+        shard = "model-00001-of-00001.safetensors"
+        files[shard] = files.pop("model.safetensors")
+        keys = load_file(str(hf_dir / "model.safetensors")).keys()
+        files["model.safetensors.index.json"] = json.dumps({"metadata": {}, "weight_map": {k: shard for k in keys}}).encode()
+    for name, data in files.items():
+        (blobs / name).write_bytes(data)
+        (snap / name).symlink_to(Path("../../blobs") / name)
     assert main(["import", "hf", str(snap), "--out", str(tmp_path / "out")]) == 0
 
 

@@ -30,6 +30,12 @@ MIN_DOCS_FOR_DOC_SPLIT = 10
 TokenizerKind = Literal["char", "bpe", "gpt2"]
 
 
+def tokens_sha256(tokens: np.ndarray) -> str:
+    """SHA-256 of a token array's bytes (what its .bin file holds), read through its buffer: a memmapped split is
+    hashed without copying it into memory."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(tokens)).cast("B")).hexdigest()
+
+
 def is_data_dir(path: Path) -> bool:
     return (path / "meta.json").is_file() and (path / "train.bin").is_file() and not (path / "config.yaml").exists()
 
@@ -94,8 +100,7 @@ def prepare(corpus: str | Path, out: str | Path, tokenizer: TokenizerKind = "cha
         "tokenizer": tok.kind, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
         "dtype": str(token_dtype(tok.vocab_size)), "train_tokens": int(len(train)), "val_tokens": int(len(val)),
         "documents": len(docs), "split": split, "source": str(corpus), "source_sha256": corpus_sha256(docs),
-        "tokens_sha256": {"train": hashlib.sha256(train.tobytes()).hexdigest(),
-                          "val": hashlib.sha256(val.tobytes()).hexdigest()},
+        "tokens_sha256": {"train": tokens_sha256(train), "val": tokens_sha256(val)},
     }
     with temp_dir_beside(out) as tmp:
         train.tofile(tmp / "train.bin")
@@ -131,7 +136,7 @@ class TokenData:
         if not isinstance(recorded, dict):
             return
         for name, arr in (("train", self.train), ("val", self.val)):
-            if hashlib.sha256(np.asarray(arr).tobytes()).hexdigest() != recorded.get(name):
+            if tokens_sha256(arr) != recorded.get(name):
                 raise DataError(f"{self.directory}/{name}.bin was changed after `gptlab prepare` wrote it (its "
                                 "content hash differs from meta.json); prepare the data again")
 

@@ -51,10 +51,9 @@ class Results:
         return {c.seed: float(c.summary[key]) for c in self.arm(condition, variant)
                 if isinstance(c.summary.get(key), (int, float))}
 
-    def compare(self, pairs: list[tuple[str, str]], key: str, margin: float = math.nan,
-                adjust: bool = True) -> list[tuple[str, stats.Comparison]]:
-        """Every (baseline, other) pair within every condition, Holm-corrected across all of them (one family)
-        unless `adjust=False` (the caller pools them into a larger family).
+    def compare(self, pairs: list[tuple[str, str]], key: str,
+                margin: float = math.nan) -> list[tuple[str, stats.Comparison]]:
+        """Every (baseline, other) pair within every condition, Holm-corrected across all of them (one family).
 
         Runs are paired by seed id (same seed = same batches in the same order); a seed one arm lacks is left out."""
         out = []
@@ -65,8 +64,6 @@ class Results:
                     continue
                 out.append((condition, stats.compare_by_seed(self.by_seed(condition, a, key),
                                                              self.by_seed(condition, b, key), a, b, margin)))
-        if not adjust:
-            return out
         adjusted = stats.adjust([c for _, c in out])
         return [(condition, c) for (condition, _), c in zip(out, adjusted)]
 

@@ -107,11 +107,8 @@ class QATWatch(Callback):
         from gptlab.quant.qat import gradient_ratio
 
         x, y = probe_window(trainer)
-        was_training = trainer.model.training
-        trainer.model.eval()
-        with self.monitor.paused():
+        with self.monitor.paused():  # gradient_ratio runs in eval mode and restores the training mode
             ratio = gradient_ratio(trainer.model, x, y)
-        trainer.model.train(was_training)
         return {"qat_grad_ratio": ratio, "qat_clipped_frac": self.monitor.clipped_fraction(), **self.last}
 
 

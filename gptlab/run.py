@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptlab.config import RunConfig, save_yaml
-from gptlab.io import atomic_write_json
+from gptlab.io import atomic_write_json, replace_dir, temp_dir_beside
 from gptlab.memory import model_bytes, require_memory
 from gptlab.model import GPT
 from gptlab.rundir import check_model_run_out, load_run_config, run_info
+from gptlab.tensorfile import require_finite
 from gptlab.tokenizers import Tokenizer, load_tokenizer
 from gptlab.train.checkpoint import load_checkpoint, load_model_state
+from gptlab.transforms import recipe, replay
 
 
 def write_model_run(out: str | Path, cfg: RunConfig, tok: Tokenizer, model: GPT, info: dict,
@@ -19,8 +21,6 @@ def write_model_run(out: str | Path, cfg: RunConfig, tok: Tokenizer, model: GPT,
     """A run directory holding `model` as its only checkpoint (step 0), built in a temp folder and renamed.
 
     Weights that are not finite are refused: no command writes a model that cannot be used."""
-    from gptlab.io import replace_dir, temp_dir_beside
-    from gptlab.tensorfile import require_finite
     from gptlab.train.checkpoint import Checkpoint, model_state, save_checkpoint
 
     out = Path(out)
@@ -57,13 +57,9 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu",
                               f"{', '.join(EVAL_TIME_KEYS)} may be set")
     cfg = apply_overrides(cfg, overrides or [])
     ckpt = load_checkpoint(run_dir, which, with_state=False)
-    from gptlab.tensorfile import require_finite
-
     require_finite(ckpt.model, f"the {which} checkpoint of {run_dir}")
     require_memory(model_bytes(cfg.model), f"the model of {run_dir}", "use a machine with more memory")
     model = GPT(cfg.model)
-    from gptlab.transforms import recipe, replay
-
     steps = recipe(cfg, run_info(run_dir))
     replay(model, cfg, steps)  # LoRA, QAT, quantization: the structure the checkpoint's weights fit
     load_model_state(model, ckpt.model, f"checkpoint of {run_dir}")

@@ -42,8 +42,7 @@ def check_run_out(run_dir: str | Path) -> None:
                               "or choose another --out")
     if not run_dir.exists() or is_run(run_dir) or not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         return
-    clash = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if clash or not (run_dir / "cell.json").is_file():
+    if any((run_dir / name).exists() for name in RUN_FILES) or not (run_dir / "cell.json").is_file():
         raise CheckpointError(f"{run_dir} is not empty and does not hold a gptlab run; nothing was changed: "
                               "choose another --out")
 

@@ -94,6 +94,11 @@ class Lesson:
         return []
 
 
+def base_dir(workdir: Path, seed: int) -> Path:
+    """Where a lesson keeps the shared base run of one seed (cells of that seed start from it)."""
+    return workdir / "base" / f"seed{seed}"
+
+
 def ensure_trained(directory: Path, data_dir: Path, cfg: RunConfig, message: str) -> Path:
     """A lesson's shared run (a base model its cells start from), trained to `cfg.train.max_steps` once and
     finished after an interruption (bit for bit, like `gptlab train --resume`); later invocations reuse it."""

@@ -23,7 +23,7 @@ from gptlab.data import TokenData, eval_batches, prepare
 from gptlab.lab import stats
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant, as_overrides
 from gptlab.io import atomic_write_json
-from gptlab.lab.lesson import Lesson, ensure_trained
+from gptlab.lab.lesson import Lesson, base_dir, ensure_trained
 from gptlab.run import load_model
 from gptlab.train.checkpoint import model_state
 from gptlab.train.losses import lm_loss
@@ -75,9 +75,6 @@ PROFILES = {
              "test_seeds": 5},
 }
 
-
-def base_dir(workdir: Path, seed: int) -> Path:
-    return workdir / "base" / f"seed{seed}"
 
 
 def lr_name(lr: float) -> str:

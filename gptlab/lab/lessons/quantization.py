@@ -24,7 +24,7 @@ from gptlab.data import TokenData
 from gptlab.evaluate import evaluate
 from gptlab.lab import stats
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant, as_overrides
-from gptlab.lab.lesson import Lesson, ensure_trained
+from gptlab.lab.lesson import Lesson, base_dir, ensure_trained
 from gptlab.quant import convert_qat, quantize, state_bytes
 from gptlab.quant.inspect import as_records, inspect_model
 from gptlab.quant.workflow import calibration_batches
@@ -73,9 +73,6 @@ PROFILES = {
              "seeds": 5, "eval_windows": 256, "calib_batches": 8},
 }
 
-
-def base_dir(workdir: Path, seed: int) -> Path:
-    return workdir / "base" / f"seed{seed}"
 
 
 class QuantizationLesson(Lesson):

@@ -207,8 +207,8 @@ def test_finetune_sample_merge_and_resume(tmp_path, char_data, capsys):
     assert main(["finetune", "--run", str(base), "--data", str(char_data), "--out", str(tmp_path / "ft2"), *ft,
                  "--set", "train.max_steps=10"]) == 0
     assert main(["finetune", "--resume", str(tmp_path / "ft2"), "--set", "train.max_steps=20"]) == 0
-    err = capsys.readouterr().err
-    assert "effective scale 4" in err and "trainable parameters:" in err  # α/√r = 8/2
+    out = capsys.readouterr().out
+    assert "effective scale 4" in out and "trainable parameters:" in out  # α/√r = 8/2
     a, _, _ = load_model(tmp_path / "ft", "last")
     b, _, _ = load_model(tmp_path / "ft2", "last")
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):

@@ -383,11 +383,11 @@ def train(data_dir: str | Path, out: str | Path, cfg: RunConfig, progress: bool 
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(source_cfg.model, dropout=cfg.model.dropout))
     if cfg.lora.r > 0:
         print(f"LoRA ({cfg.lora.scaling}): r {cfg.lora.r}, alpha {cfg.lora.alpha:g}, effective scale "
-              f"{cfg.lora.scale:.4g} on {cfg.lora.targets}", file=sys.stderr)
+              f"{cfg.lora.scale:.4g} on {cfg.lora.targets}", flush=True)  # information: stdout; stderr is for errors
     trainer = Trainer(out, cfg, data, resume=False, progress=progress, init_state=model_state(source),
                       info={"init_from": str(Path(init_from).resolve())})
     if cfg.lora.r > 0:
-        print(trainable_report(trainer.model), file=sys.stderr)
+        print(trainable_report(trainer.model), flush=True)
     return trainer.run()
 
 

@@ -38,9 +38,25 @@ def sets(items):
     return [a for t in items for a in ("--set", t)]
 
 
-def gptlab(*argv, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gptlab", *map(str, argv)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV, **kw)
+def gptlab(*argv, log: Path | None = None) -> subprocess.Popen:
+    """Start a command in the background. Its output goes to files (or nowhere), never to a pipe nobody reads
+    until the end: a long run fills a pipe, blocks on the write, and then answers a signal only once read."""
+    if log is None:
+        return subprocess.Popen([sys.executable, "-m", "gptlab", *map(str, argv)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=ENV)
+    with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
+        return subprocess.Popen([sys.executable, "-m", "gptlab", *map(str, argv)], stdout=out, stderr=err, env=ENV)
+
+
+def exit_code(proc: subprocess.Popen, log: Path, timeout: float = 120) -> tuple[int, str]:
+    """Wait for a signalled command to exit; its stderr, or a failure that shows where it was stuck."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"no exit {timeout:.0f} s after the signal; stderr ends with: "
+                    f"{log.with_suffix('.err').read_text()[-2000:]}")
+    return proc.returncode, log.with_suffix(".err").read_text()
 
 
 def finish(*argv, **kw) -> subprocess.CompletedProcess:
@@ -236,14 +252,15 @@ def test_a_read_only_output_folder_is_one_line_and_writes_nothing(base, char_dat
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_sigint_and_sigterm_during_training_exit_cleanly_and_resume(char_data, tmp_path, sig, code):
     run = tmp_path / "run"
-    proc = gptlab("train", "--data", char_data, "--out", run, *sets(TINY + ["train.max_steps=100000"]))
+    log = tmp_path / "first"
+    proc = gptlab("train", "--data", char_data, "--out", run, *sets(TINY + ["train.max_steps=100000"]), log=log)
     deadline = time.time() + 120
     while not (run / "checkpoints" / "last.json").exists() and time.time() < deadline:
         time.sleep(0.1)
     time.sleep(0.5)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == code and "checkpoints already written are intact" in err and "Traceback" not in err
+    returncode, err = exit_code(proc, log)
+    assert returncode == code and "checkpoints already written are intact" in err and "Traceback" not in err, err
     step = load_checkpoint(run, "last").step
     r = finish("train", "--resume", run, "--set", f"train.max_steps={step + 2}")
     assert r.returncode == 0, r.stderr
@@ -251,7 +268,8 @@ def test_sigint_and_sigterm_during_training_exit_cleanly_and_resume(char_data, t
 
 def test_two_trainers_on_one_folder_the_second_refuses(char_data, tmp_path):
     run = tmp_path / "run"
-    first = gptlab("train", "--data", char_data, "--out", run, *sets(TINY + ["train.max_steps=100000"]))
+    log = tmp_path / "first"
+    first = gptlab("train", "--data", char_data, "--out", run, *sets(TINY + ["train.max_steps=100000"]), log=log)
     try:
         deadline = time.time() + 120
         while not (run / "config.yaml").exists() and time.time() < deadline:
@@ -261,5 +279,5 @@ def test_two_trainers_on_one_folder_the_second_refuses(char_data, tmp_path):
             one_line_error(r, "in use by another gptlab process" if "--resume" in argv else "")
     finally:
         first.send_signal(signal.SIGINT)
-        first.communicate(timeout=60)
-    assert first.returncode == 130
+        returncode, err = exit_code(first, log)
+    assert returncode == 130, err

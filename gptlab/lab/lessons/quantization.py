@@ -34,7 +34,14 @@ from gptlab.train.loop import Trainer
 
 BITS = (8, 6, 4, 3)
 QAT_BITS = (4, 3)
-QAT_CLIP = 0.9  # QAT arms clip the top 10 % of each row's range, so clipped and plain STE can differ
+# The clip ratio (share of each row's range the codes cover) is a setting every QAT arm and the float-ft baseline
+# need. Each arm's is chosen by `gptlab lab run quantization --profile clip-selection` (CLIP_CHOICES, at the full
+# profile's settings, on SELECTION_SEEDS, which the full profile never uses: lowest mean loss increase over 4 and
+# 3 bits), so no arm is judged at a clip that suits another, and no choice is tested on the runs it was made on.
+CLIP_CHOICES = (0.8, 0.9, 1.0)
+SELECTION_SEEDS = (100, 101)
+BEST_CLIP = {"float-ft": 0.9, "qat-ste": 0.9, "qat-clipped": 0.9, "qat-lsq": 0.9}
+BROKEN_CLIP = 0.9  # the deliberately broken estimator is a demonstration, not a contender
 PTQ = (Variant("tensor", {"quant.granularity": "tensor"}, "weights per tensor"),
        Variant("channel", {}, "weights per output channel (the PTQ baseline)"),
        Variant("group32", {"quant.group_size": 32}, "weights per group of 32 inputs"),
@@ -42,14 +49,23 @@ PTQ = (Variant("tensor", {"quant.granularity": "tensor"}, "weights per tensor"),
        Variant("act-token", {"quant.activations": "token"}, "+ int8 activations, one dynamic scale per token"),
        Variant("act-token-smooth", {"quant.activations": "token", "quant.smooth": 0.5},
                "+ int8 activations per token after SmoothQuant (α = 0.5)"))
-QAT = (Variant("float-ft", {"quant.clip_ratio": QAT_CLIP},
-               "float training for the QAT budget, then PTQ per channel at the QAT arms' clip ratio (the fair "
-               "baseline: the same clipping, so a QAT gain is not a clipping gain)"),
-       Variant("qat-ste", {"quant.qat": "ste", "quant.clip_ratio": QAT_CLIP}, "QAT, plain STE"),
-       Variant("qat-clipped", {"quant.qat": "clipped", "quant.clip_ratio": QAT_CLIP}, "QAT, clipped STE"),
-       Variant("qat-lsq", {"quant.qat": "lsq", "quant.clip_ratio": QAT_CLIP}, "QAT, learned step size (LSQ)"),
-       Variant("qat-broken", {"quant.qat": "broken", "quant.clip_ratio": QAT_CLIP, "quant.dead_gradient": "record"},
-               "QAT with the gradient through round() left at zero (a deliberate bug)"))
+QAT_ARMS = {"float-ft": ({}, "float training for the QAT budget, then PTQ per channel (the fair baseline: the same "
+                             "steps, and its own best clip, so a QAT gain is neither a training nor a clipping gain)"),
+            "qat-ste": ({"quant.qat": "ste"}, "QAT, plain STE"),
+            "qat-clipped": ({"quant.qat": "clipped"}, "QAT, clipped STE"),
+            "qat-lsq": ({"quant.qat": "lsq"}, "QAT, learned step size (LSQ)")}
+
+
+def qat_variant(arm: str, clip: float, name: str | None = None) -> Variant:
+    overrides, label = QAT_ARMS[arm]
+    return Variant(name or arm, {**overrides, "quant.clip_ratio": clip}, f"{label}; clip {clip:g}")
+
+
+QAT = tuple(qat_variant(arm, BEST_CLIP[arm]) for arm in QAT_ARMS) + (
+    Variant("qat-broken", {"quant.qat": "broken", "quant.clip_ratio": BROKEN_CLIP, "quant.dead_gradient": "record"},
+            f"QAT with the gradient through round() left at zero (a deliberate bug); clip {BROKEN_CLIP:g}"),)
+CLIP_SELECTION = tuple(qat_variant(arm, clip, f"{arm}-clip{clip:g}") for arm in QAT_ARMS for clip in CLIP_CHOICES)
+TRAINED = {v.name for v in QAT + CLIP_SELECTION}  # cells that train before they quantize
 WEIGHT_ONLY = ("tensor", "channel", "group32")
 DECODE_TOKENS = 64
 
@@ -95,6 +111,13 @@ class QuantizationLesson(Lesson):
             exclude = tuple((f"w{b}", v.name) for b in BITS if b not in QAT_BITS for v in QAT)
             base = {**p["model"], **p["finetune"], "quant.calib_batches": p["calib_batches"]}
             grids[name] = Grid(conditions, PTQ + QAT, tuple(range(p["seeds"])), base, exclude, settings=p)
+        # each arm's clip, chosen at a profile's settings on seeds it never uses (-quick: to try the selection)
+        for name, source in (("clip-selection", "full"), ("clip-selection-quick", "quick")):
+            p = PROFILES[source]
+            qat_conditions = tuple(Condition(f"w{b}", Dataset("shakespeare", "char"), {"quant.bits": b},
+                                             f"{b}-bit weights") for b in QAT_BITS)
+            grids[name] = Grid(qat_conditions, CLIP_SELECTION, SELECTION_SEEDS,
+                               {**p["model"], **p["finetune"], "quant.calib_batches": p["calib_batches"]}, settings=p)
         return grids
 
     def comparisons(self) -> list[tuple[str, str]]:
@@ -126,7 +149,7 @@ class QuantizationLesson(Lesson):
         float_loss = loss_of(float_model)
         out: dict[str, Any] = {"float_loss": float_loss, "bits": cfg.quant.bits}
         calibration = calibration_batches(data, cfg, seed=cell.seed)
-        if cell.variant.name in {v.name for v in QAT}:
+        if cell.variant.name in TRAINED:
             trainer = Trainer(cell_dir, cfg, data, resume=resume, progress=False, quiet=True,
                               init_state=None if resume else model_state(float_model),
                               info={"init_from": str(base_dir(workdir, cell.seed))})
@@ -173,7 +196,7 @@ class QuantizationLesson(Lesson):
         from gptlab.document import Block
         from gptlab.lab.lessons.quantization_plots import plot_bits, plot_gradient_flow
 
-        blocks = []
+        blocks = clip_selection_blocks(results)
         if plot_bits(results, directory / "loss_vs_bits.png"):
             blocks += [Block("h2", "Loss against bits"),
                        Block("img", "loss_vs_bits.png", items=["val loss increase over the float model per method"])]
@@ -212,6 +235,39 @@ class QuantizationLesson(Lesson):
                        Block("img", "gradient_flow.png", items=["gradient flow through the straight-through "
                                                                 "estimators"])]
         return blocks
+
+
+def chosen_clips(results) -> dict[str, tuple[float, dict[float, float]]]:
+    """Per QAT arm of a clip-selection run: the clip with the lowest mean loss increase over the bit widths and
+    seeds, and that mean for every clip tried."""
+    chosen = {}
+    for arm in QAT_ARMS:
+        means = {}
+        for clip in CLIP_CHOICES:
+            values = [v for b in QAT_BITS for v in results.values(f"w{b}", f"{arm}-clip{clip:g}", "loss_increase")]
+            if values:
+                means[clip] = float(np.mean(values))
+        if means:
+            chosen[arm] = (min(means, key=means.get), means)
+    return chosen
+
+
+def clip_selection_blocks(results) -> list:
+    from gptlab.document import Block
+
+    chosen = chosen_clips(results)
+    if not chosen:
+        return []
+    rows = [["arm"] + [f"clip {c:g}" for c in CLIP_CHOICES] + ["chosen", "in use (BEST_CLIP)"]]
+    for arm, (best, means) in chosen.items():
+        rows.append([arm] + [f"{means[c]:+.4f}" if c in means else "—" for c in CLIP_CHOICES]
+                    + [f"{best:g}", f"{BEST_CLIP[arm]:g}"])
+    return [Block("h2", "Each arm's clip ratio"),
+            Block("p", "Mean loss increase over the float model across 4 and 3 bits and the selection seeds "
+                       f"({', '.join(map(str, results.meta.get('grid', {}).get('seeds', [])))}); an arm's chosen "
+                       "clip is its lowest. The full profile runs each arm at the clip in BEST_CLIP "
+                       "(gptlab/lab/lessons/quantization.py), on seeds this selection never saw."),
+            Block("table", items=rows)]
 
 
 def decode_speed(model, data: TokenData) -> float:

@@ -68,13 +68,14 @@ def plot_gradient_flow(results, path: Path) -> bool:
     from gptlab.train.metrics import read_metrics
 
     keys = ("qat_grad_ratio", "qat_zero_grad_frac", "qat_clipped_frac")
-    conditions = [f"w{b}" for b in QAT_BITS if any(c.condition == f"w{b}" and c.variant.startswith("qat-")
+    estimators = ("qat-ste", "qat-clipped", "qat-lsq", "qat-broken")
+    conditions = [f"w{b}" for b in QAT_BITS if any(c.condition == f"w{b}" and c.variant in estimators
                                                   for c in results.cells)]
     if not conditions:
         return False
     fig, axes = plt.subplots(len(conditions), 3, figsize=(13, 3.2 * len(conditions)), dpi=110, squeeze=False)
     for row, condition in zip(axes, conditions):
-        for variant in ("qat-ste", "qat-clipped", "qat-lsq", "qat-broken"):
+        for variant in estimators:
             series = []
             for c in results.arm(condition, variant):
                 path_ = results.cell_dir(c) / "metrics.jsonl"

@@ -67,7 +67,7 @@ def load_model(run_dir: str | Path, which: str = "best", device: str = "cpu",
         if steps:
             raise ConfigError(f"--quant {quant} quantizes a plain float model; {run_dir} is already quantized, "
                               "quantization-aware or an adapter run (merge it first)")
-        from gptlab.quant import quantize_on_load
+        from gptlab.quant.ptq import quantize_on_load
 
         quantize_on_load(model, quant)
     return model.to(device).eval(), load_tokenizer(run_dir / "tokenizer"), cfg

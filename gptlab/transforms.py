@@ -25,13 +25,13 @@ def _lora(model: nn.Module, cfg: RunConfig, step: dict[str, Any]) -> None:
 
 
 def _qat(model: nn.Module, cfg: RunConfig, step: dict[str, Any]) -> None:
-    from gptlab.quant import prepare_qat
+    from gptlab.quant.qat import prepare_qat
 
     prepare_qat(model, cfg.quant, named(step["layers"]) if "layers" in step else None)
 
 
 def _quantize(model: nn.Module, cfg: RunConfig, step: dict[str, Any]) -> None:
-    from gptlab.quant import quantized_structure
+    from gptlab.quant.ptq import quantized_structure
 
     quantized_structure(model, cfg.quant, step.get("layers"))
 
@@ -45,7 +45,8 @@ STRUCTURES: dict[str, Callable[[nn.Module, RunConfig, dict[str, Any]], None]] = 
 def recorded(model: nn.Module, name: str) -> dict[str, Any]:
     """The recipe entry for a transform just applied to `model`: its name and the layers it touched."""
     from gptlab.adapters.lora import lora_layers
-    from gptlab.quant import qat_layers, quantized_layers
+    from gptlab.quant.qat import qat_layers
+    from gptlab.quant.ptq import quantized_layers
 
     layers = {"lora": lora_layers, "qat": qat_layers, "quantize": quantized_layers}[name](model)
     return {"name": name, "layers": sorted(layers)}

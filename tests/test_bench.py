@@ -26,7 +26,7 @@ def test_decode_reads_every_weight_but_the_embedding_tables(tied):
 
 def test_decode_with_int8_weights_reads_a_quarter_of_the_linear_bytes():
     from gptlab.config import QuantConfig
-    from gptlab.quant import quantize
+    from gptlab.quant.ptq import quantize
 
     model = GPT(build_config(overrides=["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.vocab_size=300",
                                         "model.bias=false"]).model)

@@ -20,8 +20,10 @@ from gptlab.config import ModelConfig, QuantConfig, RunConfig
 from gptlab.data import load_data
 from gptlab.evaluate import evaluate
 from gptlab.model import GPT
-from gptlab.quant import (QATLinear, QuantLinear, QuantSpec, convert_qat, fake_quant, prepare_qat, quantize,
-                          quantized_layers)
+from gptlab.quant.qat import QATLinear, convert_qat, prepare_qat
+from gptlab.quant.linear import QuantLinear
+from gptlab.quant.fake import QuantSpec, fake_quant
+from gptlab.quant.ptq import quantize, quantized_layers
 from gptlab.quant.fake import compute_scales, fake_quant_ste, grouped
 from gptlab.quant import kernels, native
 from gptlab.quant.kernels import int8_linear

@@ -91,7 +91,7 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
     model = GPT(cfg.model).eval().to(DTYPES[dtype])
     twin = hf_twin(model) if vs == "transformers" else None  # the float model a user would otherwise run
     if quant != "none":
-        from gptlab.quant import quantize_on_load
+        from gptlab.quant.ptq import quantize_on_load
 
         quantize_on_load(model, quant)
     prompt = torch.randint(cfg.model.vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()

@@ -42,7 +42,8 @@ def quantize_run(run_dir: str | Path, out: str | Path, overrides: list[str] | No
                  data_dir: str | Path | None = None, eval_windows: int = 64, overwrite: bool = False) -> dict:
     """Write a quantized copy of a run: post-training quantization of a float run, or the integer form of a
     quantization-aware one. Returns the val loss before and after and the sizes on disk."""
-    from gptlab.quant import convert_qat, quantize
+    from gptlab.quant.qat import convert_qat
+    from gptlab.quant.ptq import quantize
     from gptlab.transforms import recorded
 
     run_dir = Path(run_dir)

@@ -25,7 +25,8 @@ from gptlab.evaluate import evaluate
 from gptlab.lab import stats
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant, as_overrides
 from gptlab.lab.lesson import Lesson, base_dir, ensure_trained
-from gptlab.quant import convert_qat, quantize, state_bytes
+from gptlab.quant.qat import convert_qat
+from gptlab.quant.ptq import quantize, state_bytes
 from gptlab.quant.inspect import as_records, inspect_model
 from gptlab.quant.workflow import calibration_batches
 from gptlab.run import load_model

@@ -1,8 +1,8 @@
-"""The import graph: no cycles among gptlab's modules, and the model knows nothing of what is built on it.
+"""The import graph: no cycles among gptlab's modules, and every import points down the layer order.
 
-Static, from the source: every top-level `import` / `from ... import` between gptlab modules, plus the package
-`__init__` that importing a submodule runs first. Imports inside functions are left out on purpose: they are how
-a lower layer reaches a higher one lazily where it must, and they cannot form an import-time cycle."""
+Static, from the source: every `import` / `from ... import` between gptlab modules, inside functions too (a lazy
+import is still a dependency), plus the package `__init__` that importing a submodule runs first. Only imports
+under `if TYPE_CHECKING:` (annotations, never run) are left out."""
 
 from __future__ import annotations
 
@@ -14,13 +14,18 @@ import gptlab
 ROOT = Path(gptlab.__file__).parent
 
 
-def module_graph() -> dict[str, set[str]]:
+def module_graph(root: Path = ROOT) -> dict[str, set[str]]:
     modules = {}
-    for path in ROOT.rglob("*.py"):
-        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
         name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         deps = set()
-        for node in ast.parse(path.read_text()).body:
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING" for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gptlab"):
                 deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
             elif isinstance(node, ast.Import):
@@ -83,9 +88,55 @@ def test_no_import_cycles_among_gptlab_modules():
     assert cycles(graph) == []
 
 
-def test_the_model_imports_only_the_layers_below_it():
-    below = {"gptlab", "gptlab.config", "gptlab.errors"}
+# The layer order, lowest first: a module may import its own layer and the layers below, never above. A module
+# belongs to the layer of the longest prefix listed (names without "gptlab.").
+LAYERS = (
+    ("gptlab", "errors", "paths", "io", "lock", "tensorfile", "document", "quant", "adapters", "interop", "bench",
+     "train", "commands", "lab", "lab.stats"),  # packages whose __init__ imports nothing; plain utilities
+    ("config", "tokenizers", "corpus", "memory", "model.filters", "train.distributed", "train.losses",
+     "train.efficiency", "train.metrics", "train.checkpoint", "bench.hardware", "quant.native"),
+    ("data", "model"),  # the model knows nothing of what is built on it
+    ("rundir", "evaluate", "generate", "train.optim", "train.probes", "quant.fake", "quant.kernels", "quant.linear",
+     "quant.ptq", "quant.qat", "adapters.lora", "adapters.peft_format"),  # techniques: transforms of a built model
+    ("transforms", "run", "interop.hf_tokenizer", "interop.hf", "quant.inspect", "adapters.merge", "report"),
+    ("train.callbacks", "train.loop", "quant.workflow", "bench.decode", "bench.train", "bench.time_to_loss"),
+    ("quickstart", "lab.grid", "lab.plots", "lab.results", "lab.calibrate", "lab.lesson"),
+    ("lab.lessons",),  # the lessons and their plots
+    ("lab.report", "lab.runner"),
+    ("commands.common",),
+    ("commands.bench", "commands.data", "commands.evaluate", "commands.interop", "commands.lab", "commands.quant",
+     "commands.quickstart", "commands.sample", "commands.train"),
+    ("cli", "__main__"),
+)
+
+
+def layer(module: str) -> int:
+    name = module.removeprefix("gptlab.") if module != "gptlab" else "gptlab"
+    matches = [(len(prefix), i) for i, names in enumerate(LAYERS) for prefix in names
+               if name == prefix or name.startswith(prefix + ".")]
+    if not matches:
+        raise AssertionError(f"{module} is in no layer: add it to LAYERS in {__file__}")
+    return max(matches)[1]
+
+
+def test_every_import_points_down_the_layer_order():
     graph = module_graph()
-    for name, deps in graph.items():
-        if name.startswith("gptlab.model"):
-            assert all(d in below or d.startswith("gptlab.model") for d in deps), (name, deps)
+    upward = sorted(f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
+                    for a, deps in graph.items() for b in deps if layer(b) > layer(a))
+    assert upward == []
+
+
+def test_the_graph_holds_lazy_imports_and_leaves_out_annotation_only_ones(tmp_path):
+    package = tmp_path / "gptlab"
+    (package / "model").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "model" / "__init__.py").write_text("")
+    (package / "cli.py").write_text("from gptlab.model import gpt\n")
+    (package / "model" / "gpt.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from gptlab import errors\n"
+        "def f():\n    from gptlab.cli import main\n")
+    (package / "errors.py").write_text("")
+    graph = module_graph(package)
+    assert graph["gptlab.model.gpt"] == {"gptlab.cli"}  # lazy, and upward: the layer test would fail on it
+    assert graph["gptlab.cli"] == {"gptlab.model", "gptlab.model.gpt"}
+    assert layer("gptlab.cli") > layer("gptlab.model.gpt") and cycles(graph) == [["gptlab.cli", "gptlab.model.gpt"]]

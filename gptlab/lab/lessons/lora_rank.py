@@ -157,7 +157,7 @@ class LoraRankLesson(Lesson):
         analysis = analyse(results, self.metric, self.equivalence_margin)
         if analysis is None:
             return []
-        plot_rank(results, analysis, directory / "loss_vs_rank.png", directory / "delta_vs_rank.png")
+        plot_rank(results, analysis, directory / "loss_vs_rank.png", directory / "delta_vs_rank.png", FULL)
         sel, test = analysis["n_select"], analysis["n_test"]
         blocks = [Block("h2", "Learning rates"),
                   Block("p", f"Mean final val loss over every rank on the {sel} selection seed(s), per method and "

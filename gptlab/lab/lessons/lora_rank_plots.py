@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from gptlab.lab import stats
-from gptlab.lab.lessons.lora_rank import FULL
 
 
-def plot_rank(results, analysis: dict, loss_png: Path, delta_png: Path) -> None:
+def plot_rank(results, analysis: dict, loss_png: Path, delta_png: Path, full_name: str) -> None:
     import matplotlib.pyplot as plt
 
     from gptlab.lab.plots import write_figure
@@ -30,8 +29,8 @@ def plot_rank(results, analysis: dict, loss_png: Path, delta_png: Path) -> None:
             high = np.array([s.ci_high if not math.isnan(s.ci_high) else s.mean for s in summaries])
             ax.plot(ranks, mean, "o-", color=colors[method], label=f"{method} (lr {lr:g})")
             ax.fill_between(ranks, low, high, color=colors[method], alpha=0.2, lw=0)
-        lr_full = analysis["shared_lr"] if label == "shared" else analysis["tuned"].get(FULL)
-        full = stats.summarize([c.summary["val_loss"] for c in cells if c.summary["scaling"] == FULL
+        lr_full = analysis["shared_lr"] if label == "shared" else analysis["tuned"].get(full_name)
+        full = stats.summarize([c.summary["val_loss"] for c in cells if c.summary["scaling"] == full_name
                                 and c.summary["lr"] == lr_full])
         if full.n:
             ax.axhline(full.mean, color="k", ls="--", lw=1, label=f"full fine-tuning (lr {lr_full:g})")
@@ -53,7 +52,7 @@ def plot_rank(results, analysis: dict, loss_png: Path, delta_png: Path) -> None:
         means = [np.mean([c.summary["delta_norm"] for c in cells if c.summary["scaling"] == method
                           and c.summary["lr"] == lr and c.summary["rank"] == r]) for r in ranks]
         ax.plot(ranks, means, "o-", color=colors[method], label=method)
-    full = [c.summary["delta_norm"] for c in cells if c.summary["scaling"] == FULL and c.summary["lr"] == lr]
+    full = [c.summary["delta_norm"] for c in cells if c.summary["scaling"] == full_name and c.summary["lr"] == lr]
     if full:
         ax.axhline(np.mean(full), color="k", ls="--", lw=1, label="full fine-tuning")
     ax.set_xscale("log", base=2)

@@ -174,7 +174,7 @@ class PositionsLesson(Lesson):
         table = reading_table(results)
         if not table:
             return []
-        plot_lengths(results, table, directory / "loss_vs_length.png")
+        plot_lengths(results, table, directory / "loss_vs_length.png", MULTIPLES)
         plot_positions(results, directory / "per_position.png")
         blocks = [Block("h2", "Beyond the training length"),
                   Block("p", "Loss (mean ± 95 % CI over seeds) of every way of reading each model at each multiple "

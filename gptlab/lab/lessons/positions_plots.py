@@ -7,26 +7,25 @@ from pathlib import Path
 
 import numpy as np
 
-from gptlab.lab.lessons.positions import MULTIPLES
 
 
 def _style(reading: str) -> dict:
     return {"ls": "--" if "+" in reading else "-", "marker": "o" if "+" not in reading else "x"}
 
 
-def plot_lengths(results, table: dict, path: Path) -> None:
+def plot_lengths(results, table: dict, path: Path, multiples: tuple[int, ...]) -> None:
     import matplotlib.pyplot as plt
 
     from gptlab.lab.plots import band, save_figure
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for reading, by_length in table.items():
-        xs = [m for m in MULTIPLES if by_length[f"{m}x"]]
+        xs = [m for m in multiples if by_length[f"{m}x"]]
         mean, low, high = band([by_length[f"{m}x"] for m in xs])
         line, = ax.plot(xs, mean, label=reading, **_style(reading))
         ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, lw=0)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(MULTIPLES, [f"{m}×" for m in MULTIPLES])
+    ax.set_xticks(multiples, [f"{m}×" for m in multiples])
     ax.set_yscale("log")
     ax.set_xlabel("evaluation length / training length")
     ax.set_ylabel("val loss (log scale)")

@@ -198,7 +198,7 @@ class QuantizationLesson(Lesson):
         from gptlab.lab.lessons.quantization_plots import plot_bits, plot_gradient_flow
 
         blocks = clip_selection_blocks(results)
-        if plot_bits(results, directory / "loss_vs_bits.png"):
+        if plot_bits(results, directory / "loss_vs_bits.png", BITS, [v.name for v in PTQ + QAT]):
             blocks += [Block("h2", "Loss against bits"),
                        Block("img", "loss_vs_bits.png", items=["val loss increase over the float model per method"])]
         size_rows = [["format", "state bytes (mean)", "vs float", "decode tokens/s (mean)", "vs float"]]
@@ -227,7 +227,7 @@ class QuantizationLesson(Lesson):
                        Block("table", items=size_rows)]
         layer_blocks = layer_report(results, directory)
         blocks += layer_blocks
-        if plot_gradient_flow(results, directory / "gradient_flow.png"):
+        if plot_gradient_flow(results, directory / "gradient_flow.png", QAT_BITS):
             blocks += [Block("h2", "Gradient flow during QAT"),
                        Block("p", "Left: ‖∇W‖ through fake-quant ÷ ‖∇W‖ of the float twin on a fixed window (1 = the "
                                   "estimator passes the float gradient; 0 = nothing reaches the weights). Middle: "

@@ -8,19 +8,18 @@ from pathlib import Path
 import numpy as np
 
 from gptlab.lab import stats
-from gptlab.lab.lessons.quantization import BITS, PTQ, QAT, QAT_BITS
 
 
-def plot_bits(results, path: Path) -> bool:
+def plot_bits(results, path: Path, bits: tuple[int, ...], variants: list[str]) -> bool:
     import matplotlib.pyplot as plt
 
     from gptlab.lab.plots import write_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     drawn = False
-    for variant in [v.name for v in PTQ + QAT]:
+    for variant in variants:
         xs, means, errs = [], [], []
-        for b in BITS:
+        for b in bits:
             s = stats.summarize(results.values(f"w{b}", variant, "loss_increase"))
             if s.n:
                 xs.append(b)
@@ -34,7 +33,7 @@ def plot_bits(results, path: Path) -> bool:
         return False
     ax.set_yscale("symlog", linthresh=0.01)
     ax.set_xlabel("weight bits")
-    ax.set_xticks(BITS)
+    ax.set_xticks(bits)
     ax.invert_xaxis()
     ax.set_ylabel("val loss increase over float (symlog)")
     ax.set_title("Quantization damage by bit width (mean, 95 % CI over seeds)", fontsize=10)
@@ -61,7 +60,7 @@ def plot_sensitivity(per_bits: dict[int, dict[str, float]], path: Path) -> None:
     write_figure(fig, path)
 
 
-def plot_gradient_flow(results, path: Path) -> bool:
+def plot_gradient_flow(results, path: Path, qat_bits: tuple[int, ...]) -> bool:
     import matplotlib.pyplot as plt
 
     from gptlab.lab.plots import write_figure
@@ -69,7 +68,7 @@ def plot_gradient_flow(results, path: Path) -> bool:
 
     keys = ("qat_grad_ratio", "qat_zero_grad_frac", "qat_clipped_frac")
     estimators = ("qat-ste", "qat-clipped", "qat-lsq", "qat-broken")
-    conditions = [f"w{b}" for b in QAT_BITS if any(c.condition == f"w{b}" and c.variant in estimators
+    conditions = [f"w{b}" for b in qat_bits if any(c.condition == f"w{b}" and c.variant in estimators
                                                   for c in results.cells)]
     if not conditions:
         return False

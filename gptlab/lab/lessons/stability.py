@@ -82,7 +82,7 @@ class StabilityLesson(Lesson):
         lrs = sorted({float(c.condition[2:]) for c in results.cells})
         if len(lrs) < 2:
             return []
-        plot_lr_curves(results, lrs, directory / "loss_vs_lr.png")
+        plot_lr_curves(results, lrs, directory / "loss_vs_lr.png", BASELINE)
         growth_lr = plot_attention_growth(results, lrs, directory / "attention_growth.png")
         sens = sensitivities(results, lrs)
         blocks = [Block("h2", "Learning-rate sensitivity"),

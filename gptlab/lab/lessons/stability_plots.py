@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from gptlab.train.metrics import read_metrics
-from gptlab.lab.lessons.stability import BASELINE
 
 
-def plot_lr_curves(results, lrs: list[float], path: Path) -> None:
+def plot_lr_curves(results, lrs: list[float], path: Path, baseline: str) -> None:
     import matplotlib.pyplot as plt
 
     from gptlab.lab.plots import band, save_figure
@@ -18,7 +17,7 @@ def plot_lr_curves(results, lrs: list[float], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for variant in results.variants:
         mean, low, high = band([results.values(f"lr{lr:g}", variant, "val_loss") for lr in lrs])
-        line, = ax.plot(lrs, mean, marker="o", label=variant, lw=1.4, ls="-" if variant == BASELINE else "--")
+        line, = ax.plot(lrs, mean, marker="o", label=variant, lw=1.4, ls="-" if variant == baseline else "--")
         ax.fill_between(lrs, low, high, color=line.get_color(), alpha=0.12, lw=0)
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")

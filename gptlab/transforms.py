@@ -5,11 +5,13 @@
 Each transform is a function on a built model (gptlab.adapters.lora.apply_lora, gptlab.quant.prepare_qat,
 gptlab.quant.quantize) that picks layers with one filter signature, `(module, fqn) -> bool`. Loading a run
 replays the recorded transforms in order on the layers they touched, so a model transformed with any filter
-reloads exactly as it was. Adding a technique adds one entry to `STRUCTURES`, not a branch in the loader.
+reloads exactly as it was. Adding a technique adds one entry to `TRANSFORMS` (how to find the layers it
+touched, how to rebuild them), not a branch in the loader.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
@@ -36,20 +38,41 @@ def _quantize(model: nn.Module, cfg: RunConfig, step: dict[str, Any]) -> None:
     quantized_structure(model, cfg.quant, step.get("layers"))
 
 
-# name -> how to rebuild the structure the transform left (the weights come from the checkpoint afterwards)
-STRUCTURES: dict[str, Callable[[nn.Module, RunConfig, dict[str, Any]], None]] = {
-    "lora": _lora, "qat": _qat, "quantize": _quantize,
+def _lora_layers(model: nn.Module) -> list[str]:
+    from gptlab.adapters.lora import lora_layers
+
+    return list(lora_layers(model))
+
+
+def _qat_layers(model: nn.Module) -> list[str]:
+    from gptlab.quant.qat import qat_layers
+
+    return list(qat_layers(model))
+
+
+def _quantized_layers(model: nn.Module) -> list[str]:
+    from gptlab.quant.ptq import quantized_layers
+
+    return list(quantized_layers(model))
+
+
+@dataclass(frozen=True)
+class Transform:
+    layers: Callable[[nn.Module], list[str]]  # the layers a transform touched, read off the transformed model
+    rebuild: Callable[[nn.Module, RunConfig, dict[str, Any]], None]  # that structure again on a fresh model (the
+    # weights come from the checkpoint afterwards)
+
+
+TRANSFORMS: dict[str, Transform] = {
+    "lora": Transform(_lora_layers, _lora),
+    "qat": Transform(_qat_layers, _qat),
+    "quantize": Transform(_quantized_layers, _quantize),
 }
 
 
 def recorded(model: nn.Module, name: str) -> dict[str, Any]:
     """The recipe entry for a transform just applied to `model`: its name and the layers it touched."""
-    from gptlab.adapters.lora import lora_layers
-    from gptlab.quant.qat import qat_layers
-    from gptlab.quant.ptq import quantized_layers
-
-    layers = {"lora": lora_layers, "qat": qat_layers, "quantize": quantized_layers}[name](model)
-    return {"name": name, "layers": sorted(layers)}
+    return {"name": name, "layers": sorted(TRANSFORMS[name].layers(model))}
 
 
 def recipe(cfg: RunConfig, info: dict[str, Any]) -> list[dict[str, Any]]:
@@ -71,9 +94,9 @@ def replay(model: nn.Module, cfg: RunConfig, steps: list[dict[str, Any]]) -> nn.
     from gptlab.errors import CheckpointError
 
     for step in steps:
-        build = STRUCTURES.get(step.get("name")) if isinstance(step, dict) else None
-        if build is None:
+        transform = TRANSFORMS.get(step.get("name")) if isinstance(step, dict) else None
+        if transform is None:
             raise CheckpointError(f"unknown transform {step!r} in run.json; this gptlab knows "
-                                  f"{', '.join(STRUCTURES)}")
-        build(model, cfg, step)
+                                  f"{', '.join(TRANSFORMS)}")
+        transform.rebuild(model, cfg, step)
     return model

@@ -60,14 +60,30 @@ def _quantized_layers(model: nn.Module) -> list[str]:
 class Transform:
     layers: Callable[[nn.Module], list[str]]  # the layers a transform touched, read off the transformed model
     rebuild: Callable[[nn.Module, RunConfig, dict[str, Any]], None]  # that structure again on a fresh model (the
-    # weights come from the checkpoint afterwards)
+    # weights come from the checkpoint afterwards); with no "layers" in the step, on the config's default layers
+    in_training: Callable[[RunConfig], bool] = lambda cfg: False  # applied by training when the config asks;
+    # otherwise by a command on a finished run (quantize)
 
 
 TRANSFORMS: dict[str, Transform] = {
-    "lora": Transform(_lora_layers, _lora),
-    "qat": Transform(_qat_layers, _qat),
+    "lora": Transform(_lora_layers, _lora, in_training=lambda cfg: cfg.lora.r > 0),
+    "qat": Transform(_qat_layers, _qat, in_training=lambda cfg: cfg.quant.qat != "none"),
     "quantize": Transform(_quantized_layers, _quantize),
 }
+
+
+def apply_for_training(model: nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
+    """Apply, in order, the transforms a training config asks for; returns their recipe entries for run.json.
+
+    Activation checkpointing and compile are not transforms in this sense: they wrap how the model runs, not the
+    structure its weights fit, so the Trainer applies them from the config on every start and resume and loading
+    never needs them."""
+    steps = []
+    for name, transform in TRANSFORMS.items():
+        if transform.in_training(cfg):
+            transform.rebuild(model, cfg, {})
+            steps.append(recorded(model, name))
+    return steps
 
 
 def recorded(model: nn.Module, name: str) -> dict[str, Any]:

@@ -61,3 +61,24 @@ def test_an_unknown_transform_in_a_run_is_a_clear_error(tmp_path):
     write_model_run(tmp_path / "run", cfg, tok, GPT(cfg.model), {"transforms": [{"name": "sparsify"}]})
     with pytest.raises(CheckpointError, match="unknown transform .*sparsify.*this gptlab knows lora, qat, quantize"):
         load_model(tmp_path / "run")
+
+
+def test_a_toy_transform_the_config_asks_for_is_applied_by_training_recorded_and_replayed(char_data, tmp_path,
+                                                                                          monkeypatch):
+    from gptlab.data import load_data
+    from gptlab.rundir import run_info
+    from gptlab.train.loop import Trainer
+    from tests.conftest import tiny_config
+
+    monkeypatch.setitem(transforms.TRANSFORMS, "gate", transforms.Transform(
+        layers=lambda model: [n for n, m in model.named_modules() if isinstance(m, Gated)],
+        rebuild=lambda model, cfg, step: gate(model, step.get("layers", ["h.1.mlp.c_fc"])),
+        in_training=lambda cfg: cfg.train.seed == 7))
+    trainer = Trainer(tmp_path / "run", tiny_config("train.seed=7", "train.max_steps=3", "train.checkpoint_every=3"),
+                      load_data(char_data), progress=False, quiet=True)
+    trainer.run()
+    assert run_info(tmp_path / "run")["transforms"] == [{"name": "gate", "layers": ["h.1.mlp.c_fc"]}]
+    gain = trainer.model.h[1].mlp.c_fc.gain
+    assert gain.requires_grad and not torch.equal(gain.detach(), torch.ones_like(gain))  # it trained
+    loaded, _, _ = load_model(tmp_path / "run", "last")
+    torch.testing.assert_close(loaded.h[1].mlp.c_fc.gain, gain.detach(), rtol=0, atol=0)

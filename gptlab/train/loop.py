@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from gptlab.adapters.lora import apply_lora, trainable_report
+from gptlab.adapters.lora import trainable_report
 from gptlab.config import RunConfig, TrainConfig, to_dict
 from gptlab.data import BatchSampler, TokenData, eval_batches, load_data
 from gptlab.errors import CheckpointError, ConfigError, GptlabError
@@ -32,7 +32,7 @@ from gptlab.train.callbacks import Callback, LogitProbe, NonFinitePolicy, PeftEx
 from gptlab.train.distributed import Distributed, set_threads
 from gptlab.train.losses import lm_loss, z_loss
 from gptlab.train.metrics import MetricsLog
-from gptlab.transforms import recorded
+from gptlab.transforms import apply_for_training
 from gptlab.train.optim import build_optimizer, lr_at
 
 # Settings a resumed run may change: they do not alter the sequence of updates.
@@ -195,19 +195,12 @@ class Trainer:
         self.model = GPT(cfg.model).to(cfg.train.device)
         if init_state is not None:
             load_model_state(self.model, init_state, "the initial weights")
-        transforms = []  # recorded in run.json, replayed when the run is loaded
-        if cfg.lora.r > 0:
-            apply_lora(self.model, cfg.lora)
-            transforms.append(recorded(self.model, "lora"))
+        if cfg.quant.qat != "none" and cfg.lora.r > 0:
+            raise CheckpointError("quantization-aware training with LoRA adapters is not supported; train one "
+                                  "or the other (quant.qat=none or lora.r=0)")
+        transforms = apply_for_training(self.model, cfg)  # recorded in run.json, replayed when the run is loaded
         self.callbacks: list[Callback] = []
         if cfg.quant.qat != "none":
-            if cfg.lora.r > 0:
-                raise CheckpointError("quantization-aware training with LoRA adapters is not supported; train one "
-                                      "or the other (quant.qat=none or lora.r=0)")
-            from gptlab.quant.qat import prepare_qat
-
-            prepare_qat(self.model, cfg.quant)
-            transforms.append(recorded(self.model, "qat"))
             self.callbacks.append(QATWatch(self.model, cfg.quant))
         self.callbacks += [SpikeWatch(cfg.train.spike_window, cfg.train.spike_threshold), LogitProbe()]
         if cfg.lora.r > 0:

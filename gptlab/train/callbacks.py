@@ -157,3 +157,47 @@ class NonFinitePolicy:
         trainer.lr_scale *= self.lr_factor
         trainer.metrics.log({"step": at, "event": "rollback", "reason": f"non-finite {error.what}",
                              "to_step": trainer.step, "lr_scale": trainer.lr_scale})
+
+
+class ResumeContinuity(Callback):
+    """After a resume, do the first losses continue the curve? The last `window` logged training losses before the
+    checkpoint give a line (trend) and a residual spread; the mean of the first `steps` losses after it is compared
+    with that line extended. Upward by more than `z_alarm` standard errors is a jump: one event in metrics.jsonl and
+    one warning line. An exact resume continues the same curve, so it stays silent."""
+
+    def __init__(self, before: list[tuple[int, float]], window: int = 20, steps: int = 5, z_alarm: float = 4.0):
+        import numpy as np
+
+        self.after: list[tuple[int, float]] = []
+        self.steps, self.z_alarm, self.fit = steps, z_alarm, None
+        points = before[-window:]
+        if len(points) >= 5:
+            x, y = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
+            slope, intercept = np.polyfit(x, y, 1)
+            spread = float(np.std(y - (slope * x + intercept), ddof=2))
+            self.fit = (float(slope), float(intercept), spread, int(x[-1]))
+
+    def check(self) -> dict[str, float] | None:
+        """The jump record when the first losses after the resume leave the band, else None."""
+        if self.fit is None or len(self.after) < self.steps:
+            return None
+        slope, intercept, spread, last = self.fit
+        expected = sum(slope * s + intercept for s, _ in self.after) / len(self.after)
+        observed = sum(v for _, v in self.after) / len(self.after)
+        z = (observed - expected) / max(spread / len(self.after) ** 0.5, 1e-12)
+        if z <= self.z_alarm:
+            return None
+        return {"loss": observed, "expected": expected, "z": z, "resumed_at": last}
+
+    def on_step(self, trainer: "Trainer", step: int, loss: float) -> None:
+        if self.fit is None or len(self.after) >= self.steps:
+            return
+        self.after.append((step, loss))
+        if len(self.after) == self.steps and (jump := self.check()) is not None:
+            import sys
+
+            trainer.metrics.log({"step": step, "event": "resume_jump", **jump})
+            print(f"gptlab train: warning: the loss jumped after resuming: steps {self.after[0][0]}-{step} average "
+                  f"{jump['loss']:.4f} where the curve before the checkpoint leads to {jump['expected']:.4f} "
+                  f"({jump['z']:.1f} standard errors); likely causes: different data, a changed config, or lost "
+                  "optimizer state", file=sys.stderr, flush=True)

@@ -28,10 +28,11 @@ from gptlab.model import GPT, count_parameters, flops_per_token
 from gptlab.rundir import check_run_out, create_run, load_run_config, run_data_dir, run_info, same_tokenizer
 from gptlab.train.checkpoint import (Checkpoint, load_checkpoint, load_model_state, model_state, optimizer_tensors,
                                      restore_optimizer, save_checkpoint)
-from gptlab.train.callbacks import Callback, LogitProbe, NonFinitePolicy, PeftExport, QATWatch, SpikeWatch
+from gptlab.train.callbacks import (Callback, LogitProbe, NonFinitePolicy, PeftExport, QATWatch, ResumeContinuity,
+                                    SpikeWatch)
 from gptlab.train.distributed import Distributed, set_threads
 from gptlab.train.losses import lm_loss, z_loss
-from gptlab.train.metrics import MetricsLog
+from gptlab.train.metrics import MetricsLog, read_metrics
 from gptlab.transforms import apply_for_training
 from gptlab.train.optim import build_optimizer, lr_at
 
@@ -225,6 +226,10 @@ class Trainer:
         self.parallel_model = self.dist.wrap(self.model)  # the model the optimizer step runs through
         if cfg.train.compile:  # checkpoints keep saving self.model, the plain module
             self.parallel_model = torch.compile(self.parallel_model)
+        if resume and self.dist.main:  # before the metrics log opens: the losses that led to the checkpoint
+            before = [(r["step"], r["loss"]) for r in read_metrics(self.run_dir / "metrics.jsonl")
+                      if "event" not in r and isinstance(r.get("loss"), float) and r.get("step", 0) <= self.step]
+            self.callbacks.append(ResumeContinuity(before))
         tb = self.run_dir / "tensorboard" if cfg.train.tensorboard else None
         self.metrics = (MetricsLog(self.run_dir / "metrics.jsonl", self.step if resume else None, tb)
                         if self.dist.main else NullMetrics())

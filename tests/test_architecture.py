@@ -101,11 +101,11 @@ LAYERS = (
      "quant.ptq", "quant.qat", "adapters.lora", "adapters.peft_format"),  # techniques: transforms of a built model
     ("transforms", "run", "interop.hf_tokenizer", "interop.hf", "quant.inspect", "adapters.merge", "report"),
     ("train.callbacks", "train.loop", "quant.workflow", "bench.decode", "bench.train", "bench.time_to_loss"),
-    ("quickstart", "lab.grid", "lab.plots", "lab.results", "lab.calibrate", "lab.lesson"),
+    ("quickstart", "doctor", "lab.grid", "lab.plots", "lab.results", "lab.calibrate", "lab.lesson"),
     ("lab.lessons.*",),  # the lessons and their plots
     ("lab.report", "lab.runner"),
     ("commands.common",),
-    ("commands.bench", "commands.data", "commands.evaluate", "commands.interop", "commands.lab", "commands.quant",
+    ("commands.bench", "commands.data", "commands.doctor", "commands.evaluate", "commands.interop", "commands.lab", "commands.quant",
      "commands.quickstart", "commands.sample", "commands.train"),
     ("cli", "__main__"),
 )

@@ -17,8 +17,14 @@ from gptlab.train.loop import resume, train
 PROMPTS = ["HAMLET.\n", "To be, or not", "KING."]
 
 
+MINUTES = 3.0  # training time the quickstart plans for, on whatever machine it runs
+MIN_STEPS = 200  # below this the curve and the samples say little
+
+
 def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None = None,
-               max_steps: int | None = None) -> Path:
+               max_steps: int | None = None, minutes: float = MINUTES) -> Path:
+    """`max_steps` (or --set train.max_steps=...) fixes the steps; otherwise they are planned to fill `minutes` of
+    training on this machine, measured from a few steps of the same model first."""
     out = Path(out)
     overrides = list(overrides or []) + ([f"train.max_steps={max_steps}"] if max_steps else [])
     t0 = time.perf_counter()
@@ -36,6 +42,8 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
         cfg_file = resources.files("gptlab") / "configs" / "quickstart.yaml"
         with resources.as_file(cfg_file) as path:
             cfg = build_config(path, overrides)
+        if not any(o.startswith("train.max_steps=") for o in overrides):
+            cfg = sized_to_machine(cfg, meta["vocab_size"], minutes)
         summary = train(out / "data", run_dir, cfg)
     print("3/3 sampling ...", flush=True)
     model, tok, cfg = load_model(run_dir, "best")
@@ -59,3 +67,21 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
     print("-" * 60)
     print(f"best val loss {summary['best_val_loss']:.4f}; wall time {wall:.0f} s; report: {report}")
     return report
+
+
+def sized_to_machine(cfg, vocab_size: int, minutes: float):
+    """The quickstart config with as many steps as fit in `minutes` here (MIN_STEPS at least, the recipe's own
+    max_steps at most: its schedule was tuned to end there)."""
+    import dataclasses
+
+    from gptlab.budget import plan_steps, seconds_per_step, training_step
+    from gptlab.train.distributed import set_threads
+
+    set_threads(cfg.train.threads)
+    measured = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
+    step_s = seconds_per_step(training_step(measured, vocab_size))
+    steps = plan_steps(step_s, minutes, MIN_STEPS, cfg.train.max_steps)
+    note = ("" if steps < cfg.train.max_steps else f" (the recipe's full {steps}; more time would not add steps)")
+    print(f"    one step takes {step_s:.3f} s here: {steps} steps fit in about {minutes:g} min of training{note}; "
+          "--minutes or --max-steps change it", flush=True)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))

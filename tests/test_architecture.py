@@ -97,7 +97,7 @@ LAYERS = (
     ("config", "tokenizers", "corpus", "memory", "model.filters", "train.distributed", "train.losses",
      "train.efficiency", "train.metrics", "train.checkpoint", "bench.hardware", "quant.native"),
     ("data", "model.*"),  # the model knows nothing of what is built on it
-    ("rundir", "evaluate", "generate", "train.optim", "train.probes", "quant.fake", "quant.kernels", "quant.linear",
+    ("rundir", "evaluate", "generate", "budget", "train.optim", "train.probes", "quant.fake", "quant.kernels", "quant.linear",
      "quant.ptq", "quant.qat", "adapters.lora", "adapters.peft_format"),  # techniques: transforms of a built model
     ("transforms", "run", "interop.hf_tokenizer", "interop.hf", "quant.inspect", "adapters.merge", "report"),
     ("train.callbacks", "train.loop", "quant.workflow", "bench.decode", "bench.train", "bench.time_to_loss"),

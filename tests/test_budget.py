@@ -1,0 +1,48 @@
+"""Wall-time budgets: step timing on a fake clock, the steps that fit, and the quickstart sized by them."""
+
+from __future__ import annotations
+
+import torch
+
+from gptlab import budget, quickstart
+from gptlab.budget import plan_steps, seconds_per_step, training_step
+from tests.conftest import tiny_config
+
+
+def test_step_time_is_the_median_after_warmup_on_a_fake_clock():
+    durations = iter([0.5, 0.25, 0.375, 9.0, 0.3125])  # exact in binary  # a warmup call, then one slow outlier among four timed calls
+    now = [0.0]
+    calls = []
+
+    def clock() -> float:
+        return now[0]
+
+    def step() -> None:
+        calls.append(1)
+        now[0] += next(durations)
+
+    assert seconds_per_step(step, steps=4, warmup=1, clock=clock) == 0.375
+    assert len(calls) == 5
+
+
+def test_planned_steps_fill_the_minutes_within_bounds():
+    assert plan_steps(0.2, 3, low=200, high=1500) == 810  # 180 s × 0.9 / 0.2
+    assert plan_steps(0.05, 3, low=200, high=1500) == 1500  # a fast machine stops at the recipe's length
+    assert plan_steps(5.0, 3, low=200, high=1500) == 200  # a slow one still gets a curve worth reading
+    assert plan_steps(float("nan"), 3, low=200, high=1500) == 200
+
+
+def test_measuring_a_step_leaves_the_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    training_step(tiny_config(), 40)()
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_quickstart_plans_its_steps_from_the_measured_step_time(monkeypatch, capsys):
+    monkeypatch.setattr(budget, "seconds_per_step", lambda step: 0.3)
+    cfg = quickstart.sized_to_machine(tiny_config("train.max_steps=1500"), 40, minutes=3)
+    assert cfg.train.max_steps == 540 and "540 steps fit in about 3 min" in capsys.readouterr().out
+    cfg = quickstart.sized_to_machine(tiny_config("train.max_steps=1500"), 40, minutes=30)
+    assert cfg.train.max_steps == 1500

@@ -89,3 +89,29 @@ def evaluate_same_targets(model: GPT, tokens: np.ndarray, lengths: list[int], ta
         mean = float(sum(per_position[-target_len:]) / target_len)
         out[length] = EvalResult(length, mean, math.exp(mean), len(ends) * target_len, per_position)
     return out
+
+
+@dataclass(frozen=True)
+class TextUnits:
+    """How much text a split's tokens stand for: UTF-8 bytes and characters per token (document separators are
+    not text and count as none)."""
+    bytes_per_token: float
+    chars_per_token: float
+
+    def bits_per_byte(self, nats_per_token: float) -> float:
+        return nats_per_token / math.log(2) / self.bytes_per_token
+
+    def bits_per_char(self, nats_per_token: float) -> float:
+        return nats_per_token / math.log(2) / self.chars_per_token
+
+
+def text_units(tokens: np.ndarray, tokenizer) -> TextUnits:
+    """Bytes and characters per token over the whole split, from its decoded text. A loss averaged over windows
+    spread evenly over the split converts with the split's mean; scale-free across tokenizers, so a char and a BPE
+    run compare on one axis."""
+    from gptlab.tokenizers import EOT
+
+    if len(tokens) == 0:
+        raise GptlabError("the split is empty: no text to measure")
+    text = tokenizer.decode(tokens.tolist()).replace(EOT, "")
+    return TextUnits(len(text.encode("utf-8")) / len(tokens), len(text) / len(tokens))

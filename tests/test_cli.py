@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -45,6 +46,8 @@ def test_eval_per_position_curve_and_eval_time_settings(trained_run, tmp_path, c
     rows = json.loads(out_json.read_text())
     assert [len(r["per_position"]) for r in rows] == [16, 32]
     assert abs(sum(rows[1]["per_position"]) / 32 - rows[1]["loss"]) < 1e-9  # the curve averages to the loss
+    assert "bits/byte" in out and abs(rows[1]["bits_per_byte"] * rows[1]["bytes_per_token"] * math.log(2)
+                                      - rows[1]["loss"]) < 1e-9
     one_line_error(capsys, ["eval", "--run", str(trained_run), "--set", "model.n_layer=2"],
                    "would change the trained model")
 

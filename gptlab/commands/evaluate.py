@@ -11,7 +11,7 @@ from gptlab.io import atomic_write_json
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from gptlab.data import load_data
-    from gptlab.evaluate import evaluate
+    from gptlab.evaluate import evaluate, text_units
     from gptlab.run import load_model
     from gptlab.rundir import check_data_for_run, run_data_dir
     from gptlab.train.distributed import set_threads
@@ -28,6 +28,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     check_data_for_run(args.run, tok, data)
     split = data.val if args.split == "val" else data.train
     lengths = lengths or [cfg.model.block_size]
+    units = text_units(split, tok)
     rows, curves = [], {}
     for length in lengths:
         try:
@@ -37,10 +38,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
             print(f"length {length:>6}: cannot run ({e})")
             continue
         rows.append({"length": r.length, "loss": r.loss, "perplexity": r.perplexity, "tokens": r.tokens,
-                     "per_position": r.per_position})
+                     "bits_per_byte": units.bits_per_byte(r.loss), "bits_per_char": units.bits_per_char(r.loss),
+                     "bytes_per_token": units.bytes_per_token, "per_position": r.per_position})
         curves[length] = r.per_position
-        print(f"length {length:>6}: {args.split} loss {r.loss:.4f}  perplexity {r.perplexity:.3f}  "
+        print(f"length {length:>6}: {args.split} loss {r.loss:.4f} nats/token  perplexity {r.perplexity:.3f}  "
+              f"{units.bits_per_byte(r.loss):.4f} bits/byte  {units.bits_per_char(r.loss):.4f} bits/char  "
               f"({r.tokens:,} tokens)")
+    if curves:
+        print(f"bits per byte and per character use the {args.split} split's {units.bytes_per_token:.3f} UTF-8 bytes "
+              f"and {units.chars_per_token:.3f} characters per token")
     if curves:  # where in the window the loss goes: the mean loss of tokens in each eighth of the longest window
         longest = max(curves)
         edges = [round(longest * i / 8) for i in range(9)]

@@ -110,6 +110,13 @@ def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
     blocks.append(Block("table", items=rows))
 
     blocks.append(Block("h2", "Results"))
+    units = next((h["text_units"] for h in reversed(meta.get("history", [])) if h.get("text_units")), {})
+    if units and "loss" in lesson.metric_label:
+        blocks.append(Block("p", "Losses are in nats per token. In bits per byte (comparable across tokenizers): "
+                                 + "; ".join(f"on {key}'s validation text, 1 nat/token = "
+                                             f"{1 / (math.log(2) * u['bytes_per_token']):.4f} bits/byte "
+                                             f"({u['bytes_per_token']:.3f} bytes per token)"
+                                             for key, u in units.items()) + "."))
     header = ["condition", "variant", "n", f"{lesson.metric_label} (mean ± 95 % CI)", "SD"]
     header += [label for _, label, _ in lesson.table_metrics]
     rows = [header]

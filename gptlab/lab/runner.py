@@ -122,6 +122,20 @@ def _record(out: Path, lesson: Lesson, profile: str, grid: Grid, extra: list[str
                              "history": history + [entry]})
 
 
+def dataset_text_units(data_dirs: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """Per dataset, the UTF-8 bytes and characters per token of its validation text, so a report can give its
+    losses in bits per byte too."""
+    from gptlab.data import load_data
+    from gptlab.evaluate import text_units
+    from gptlab.tokenizers import load_tokenizer
+
+    out = {}
+    for key, directory in data_dirs.items():
+        units = text_units(load_data(directory).val, load_tokenizer(Path(directory) / "tokenizer"))
+        out[key] = {"bytes_per_token": units.bytes_per_token, "chars_per_token": units.chars_per_token}
+    return out
+
+
 def run_lesson(lesson: Lesson, profile: str, out: str | Path, jobs: int = 1, seeds: int | None = None,
                overrides: list[str] | None = None, redo_changed: bool = False, keep_checkpoints: bool = False,
                progress: bool | None = None, report: bool = True) -> dict[str, Any]:
@@ -157,7 +171,8 @@ def run_lesson(lesson: Lesson, profile: str, out: str | Path, jobs: int = 1, see
                           "--out")
     todo = [c for c in cells if states[c.name][0] != "done"]
     done = len(cells) - len(todo)
-    entry = {"started": started, "cells": len(cells), "to_run": len(todo), "jobs": jobs, "threads_per_job": threads}
+    entry = {"started": started, "cells": len(cells), "to_run": len(todo), "jobs": jobs, "threads_per_job": threads,
+             "text_units": dataset_text_units(data_dirs)}
     _record(out, lesson, profile, grid, extra, {**entry, "wall_s": time.time() - started, "ran": 0})
     bar = tqdm(total=len(cells), initial=done, desc=f"lab {lesson.name} ({profile})", unit="cell", dynamic_ncols=True,
                disable=(not progress) if progress is not None else None, file=sys.stderr)
@@ -211,7 +226,8 @@ def run_lesson(lesson: Lesson, profile: str, out: str | Path, jobs: int = 1, see
     wall = time.time() - started
     _record(out, lesson, profile, grid, extra, {"started": started, "finished": time.time(), "wall_s": wall,
                                                 "cells": len(cells), "ran": len(todo) - len(failures),
-                                                "failed": len(failures), "jobs": jobs, "threads_per_job": threads},
+                                                "failed": len(failures), "jobs": jobs, "threads_per_job": threads,
+                                                "text_units": entry["text_units"]},
             replace_last=True)
     report_path = None
     if report:

@@ -1,6 +1,7 @@
 """The lab runner: a lesson's quick profile end to end, resuming after a kill, config changes, reports from files."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -48,6 +49,11 @@ def test_quick_tying_lesson_runs_every_cell_and_writes_the_report(quick_tying):
         assert (quick_tying / f).stat().st_size > 1000
     md = (quick_tying / "report.md").read_text()
     assert "## Verdicts" in md and "tied → untied-matched" in md and "seeds per arm" in md
+    units = json.loads((quick_tying / "lesson.json").read_text())["history"][-1]["text_units"]
+    assert units  # one entry per dataset of the grid
+    for key, u in units.items():
+        assert u["bytes_per_token"] >= u["chars_per_token"] > 0
+        assert f"on {key}'s validation text, 1 nat/token = {1 / (math.log(2) * u['bytes_per_token']):.4f}" in md
     html = (quick_tying / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2  # self-contained: the images are inside the page
 

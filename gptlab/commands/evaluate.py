@@ -24,6 +24,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if any(n < 1 for n in lengths):
         raise GptlabError(f"--lengths {args.lengths!r}: every length must be at least 1")
     model, tok, cfg = load_model(args.run, args.checkpoint, overrides=args.overrides)
+    if args.tasks:
+        return eval_tasks(args, model, tok)
     data = load_data(run_data_dir(args.run, args.data))
     check_data_for_run(args.run, tok, data)
     split = data.val if args.split == "val" else data.train
@@ -62,6 +64,25 @@ def cmd_eval(args: argparse.Namespace) -> None:
         atomic_write_json(args.json, rows)
 
 
+def eval_tasks(args: argparse.Namespace, model, tok) -> None:
+    """lm-evaluation-harness tasks on the run: one line per task and metric, the full results with --json."""
+    from gptlab.interop.lm_eval import run_tasks
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    results = run_tasks(model, tok, tasks, args.include_path, args.limit, num_fewshot=args.num_fewshot)
+    for task, metrics in results["results"].items():
+        for key, value in metrics.items():
+            if key == "alias" or "stderr" in key or not isinstance(value, (int, float)):
+                continue
+            metric, _, _ = key.partition(",")
+            err = metrics.get(key.replace(metric, f"{metric}_stderr", 1))
+            shown = f" ± {err:.4f}" if isinstance(err, (int, float)) else ""
+            print(f"{task:24s} {metric:18s} {value:.4f}{shown}")
+    if args.json:
+        atomic_write_json(args.json, {"results": results["results"], "n-samples": results.get("n-samples", {}),
+                                      "config": {"tasks": tasks, "limit": args.limit, "num_fewshot": args.num_fewshot}})
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="loss and perplexity of a run, at one or several context lengths")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
@@ -74,6 +95,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write the results (with per-position losses) as JSON")
     p.add_argument("--plot", metavar="FILE.png", type=output_file,
                    help="plot the loss at each position for every length")
+    p.add_argument("--tasks", metavar="T1,T2", help="lm-evaluation-harness tasks instead of the loss, e.g. "
+                   "lambada_openai,hellaswag (datasets must be reachable or cached) or your own with --include-path")
+    p.add_argument("--include-path", metavar="DIR", help="a folder of lm-eval task YAML files to add")
+    p.add_argument("--limit", type=count(1), help="at most this many examples per task (a quick check)")
+    p.add_argument("--num-fewshot", type=count(0), help="few-shot examples per prompt (default: the task's)")
     add_set(p, "read positions differently, without retraining: model.rope_scaling=linear|ntk|yarn with "
                         "model.rope_scaling_factor=F, or model.learned_overflow=clamp")
     p.set_defaults(func=cmd_eval)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptlab.commands import bench, data, doctor, evaluate, interop, lab, quant, quickstart, sample, train
+from gptlab.commands import ab, bench, data, doctor, evaluate, interop, lab, quant, quickstart, sample, train
 from gptlab.commands.common import Parser
 from gptlab.errors import GptlabError
 
 # The command groups, in the order `gptlab --help` lists them; each registers its parsers beside its handlers.
-COMMANDS = (data, train, sample, quant, evaluate, quickstart, interop, lab, bench, doctor)
+COMMANDS = (data, train, sample, quant, evaluate, quickstart, interop, lab, ab, bench, doctor)
 
 EXAMPLES = """\
 examples:

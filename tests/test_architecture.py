@@ -93,7 +93,7 @@ def test_no_import_cycles_among_gptlab_modules():
 # __init__). A new module must be placed here, or the test says so.
 LAYERS = (
     ("gptlab", "errors", "paths", "io", "lock", "tensorfile", "document", "quant", "adapters", "interop", "bench",
-     "train", "commands", "lab", "lab.stats"),  # packages whose __init__ imports nothing; plain utilities
+     "train", "commands", "lab", "lab.stats", "lab.sequential"),  # packages whose __init__ imports nothing; plain utilities
     ("config", "tokenizers", "corpus", "memory", "model.filters", "train.distributed", "train.losses",
      "train.efficiency", "train.metrics", "train.checkpoint", "bench.hardware", "quant.native"),
     ("data", "model.*"),  # the model knows nothing of what is built on it
@@ -104,8 +104,9 @@ LAYERS = (
     ("quickstart", "doctor", "lab.grid", "lab.plots", "lab.results", "lab.calibrate", "lab.lesson"),
     ("lab.lessons.*",),  # the lessons and their plots
     ("lab.report", "lab.runner"),
+    ("lab.ab",),  # a lesson the runner runs look by look
     ("commands.common",),
-    ("commands.bench", "commands.data", "commands.doctor", "commands.evaluate", "commands.interop", "commands.lab", "commands.quant",
+    ("commands.ab", "commands.bench", "commands.data", "commands.doctor", "commands.evaluate", "commands.interop", "commands.lab", "commands.quant",
      "commands.quickstart", "commands.sample", "commands.train"),
     ("cli", "__main__"),
 )

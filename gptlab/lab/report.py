@@ -138,6 +138,12 @@ def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
         blocks.append(Block("h2", "Plots"))
         blocks.append(Block("img", "curves.png", items=[f"{lesson.metric_label} during training"]))
         return blocks + [Block("img", "final.png", items=[f"final {lesson.metric_label}"])]
+    if not lesson.comparisons():  # a lesson that decides in its own way (gptlab ab: a sequential test)
+        blocks += [Block("p", text) for text in lesson.discussion(results)]
+        blocks.append(Block("h2", "Plots"))
+        blocks.append(Block("img", "curves.png", items=[f"{lesson.metric_label} during training"]))
+        blocks.append(Block("img", "final.png", items=[f"final {lesson.metric_label}"]))
+        return blocks + lesson.extra_blocks(results, results.directory)
     comparisons = results.compare(lesson.comparisons(), lesson.metric, lesson.equivalence_margin)
     blocks.append(Block("h2", "Comparisons"))
     blocks.append(Block("p", f"Difference = mean(other) − mean(baseline) in {lesson.metric_label}; paired t-test on "

@@ -81,8 +81,8 @@ def check_kernels() -> Check:
 
     kernel = native.load()
     if kernel is not None:
-        return Check("int_kernels", "ok", "gptlab's C++ int8 / int4 kernels run here (quantized decoding uses them)",
-                     {"native": True})
+        return Check("int_kernels", "ok", f"gptlab's C++ int8 / int4 kernels run here, built for {native.isa} "
+                                          "(quantized decoding uses them)", {"native": True, "isa": native.isa})
     return Check("int_kernels", "unavailable", f"the C++ kernels are not used: {native.why_not}; quantized "
                                                "layers take the torch.compile or dequantize path instead",
                  {"native": False, "why_not": native.why_not})

@@ -117,12 +117,23 @@ def test_a_reloaded_4bit_layer_uses_its_new_scales():
         assert torch.allclose(q(x), F.linear(x, other.dequantized(), other.bias), atol=1e-5)
 
 
+def kernel_for(isa: str):
+    """The C++ kernels built for `isa`, every instruction set this CPU runs; a skip naming why not."""
+    if isa not in native.supported_isas():
+        pytest.skip(f"this CPU does not run {isa} ({torch.backends.cpu.get_cpu_capability()})")
+    try:
+        kernel = native.load_isa(isa)
+    except Exception as e:  # no compiler here: QuantLinear's other paths are tested above
+        pytest.skip(f"the C++ kernels could not be built here: {e}")
+    assert kernel.isa == isa
+    return kernel
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
 @pytest.mark.parametrize("out_features,in_features,group", [(2305, 768, 32), (7, 64, 64), (33, 3072, 3072)])
 @pytest.mark.parametrize("rows", [1, 3, 5])
-def test_native_int4_kernel_matches_float_reference(out_features, in_features, group, rows):
-    kernel = native.load()
-    if kernel is None:  # QuantLinear's dequantizing path is tested above
-        pytest.skip(f"the C++ kernels are not available here: {native.why_not}")
+def test_native_int4_kernel_matches_float_reference(out_features, in_features, group, rows, isa):
+    kernel = kernel_for(isa)
     g = torch.Generator().manual_seed(rows)
     packed = torch.randint(0, 256, (out_features, in_features // 2), dtype=torch.uint8, generator=g)
     nibbles = torch.stack((packed & 0xF, packed >> 4), dim=-1).reshape(out_features, in_features).double()
@@ -148,12 +159,11 @@ def test_a_build_lock_left_by_a_killed_build_is_cleared(tmp_path, monkeypatch):
     assert not lock.exists()
 
 
-@pytest.mark.parametrize("out_features,in_features", [(2305, 768), (7, 3), (64, 33)])
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("out_features,in_features", [(2305, 768), (7, 3), (64, 33), (9, 40)])
 @pytest.mark.parametrize("rows", [1, 2, 5, 64])
-def test_native_int8_kernel_matches_float_reference(out_features, in_features, rows):
-    kernel = native.load()
-    if kernel is None:  # int8_linear's other paths are tested above
-        pytest.skip(f"the C++ int8 kernel is not available here: {native.why_not}")
+def test_native_int8_kernel_matches_float_reference(out_features, in_features, rows, isa):
+    kernel = kernel_for(isa)
     g = torch.Generator().manual_seed(rows)
     w = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8, generator=g)
     scale, bias = torch.rand(out_features, generator=g) / 100, torch.randn(out_features, generator=g)

@@ -62,7 +62,7 @@ def int4_linear(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group:
     kernel = native.load()
     if kernel is None:
         return None
-    status = "gptlab int4 kernel (C++, AVX-512)"
+    status = f"gptlab int4 kernel (C++, {native.isa})"
     y = kernel.int4_gemv(x.reshape(rows, k), packed, scale, offset, group, bias if bias is not None else x.new_empty(0))
     return y.reshape(*x.shape[:-1], packed.shape[0])
 
@@ -72,7 +72,7 @@ def int8_linear(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None) -> Ten
     global _compiled, _compiled_matmul, status
     rows = x.numel() // x.shape[-1]
     if rows <= NATIVE_MAX_ROWS and _native_fits(x, w, scale, bias) and (kernel := native.load()) is not None:
-        status = "gptlab int8 kernel (C++, AVX-512)"
+        status = f"gptlab int8 kernel (C++, {native.isa})"
         empty = x.new_empty(0)
         y = kernel.int8_gemv(x.reshape(rows, x.shape[-1]), w, scale, bias if bias is not None else empty)
         return y.reshape(*x.shape[:-1], w.shape[0])

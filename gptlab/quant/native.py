@@ -2,8 +2,10 @@
 
 The kernels are compiled once per machine with torch's extension builder (a C++ compiler and ninja; the `ninja`
 package is a gptlab dependency) into ~/.cache/gptlab/kernels (or $GPTLAB_KERNEL_CACHE), ~20 s the first time,
-then loaded in well under a second. They need AVX-512; where they cannot be had (another CPU, no compiler)
-`load()` returns None with the reason in `why_not`, and callers take the torch.compile or dequantizing paths.
+then loaded in well under a second. One source is built per instruction set: AVX-512 (16 lanes) where the CPU has
+it, else AVX2 + FMA (8 lanes); GPTLAB_KERNEL_ISA=avx2 forces the AVX2 build on an AVX-512 CPU. Where neither can
+be had (another CPU, no compiler) `load()` returns None with the reason in `why_not`, and callers take the
+torch.compile or dequantizing paths.
 """
 
 from __future__ import annotations
@@ -18,12 +20,20 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("csrc") / "int_gemv.cpp"
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp"]
+FLAGS = {"avx512": ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-DGPTLAB_AVX512"],
+         "avx2": ["-O3", "-mavx2", "-mfma", "-fopenmp"]}
 STALE_LOCK_S = 600  # a build takes ~20 s; a lock this old was left by a killed build
 
 _module = None
 why_not: str | None = None  # why the kernel is not used, once a load was tried and failed
+isa: str | None = None  # the instruction set of the loaded kernels
 _lock = threading.Lock()
+_by_isa: dict[str, object] = {}  # builds asked for by name (tests force each path the CPU supports)
+
+
+def supported_isas() -> list[str]:
+    """The kernel builds this CPU can run, fastest first."""
+    return {"AVX512": ["avx512", "avx2"], "AVX2": ["avx2"]}.get(torch.backends.cpu.get_cpu_capability(), [])
 
 
 def _put_ninja_on_path() -> None:
@@ -37,15 +47,15 @@ def _put_ninja_on_path() -> None:
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
-def build_directory() -> Path:
+def build_directory(isa: str = "avx512") -> Path:
     """One folder per source, flags and torch version, so an edited kernel is rebuilt and never mixed up.
 
     torch's builder holds a lock file there while compiling; a build killed midway leaves it behind and every
     later build would wait on it forever, so a lock older than STALE_LOCK_S is removed first.
     """
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + torch.__version__.encode()).hexdigest()
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS[isa]).encode() + torch.__version__.encode()).hexdigest()
     root = Path(os.environ.get("GPTLAB_KERNEL_CACHE", Path.home() / ".cache" / "gptlab" / "kernels"))
-    directory = root / f"int_gemv-{digest[:16]}"
+    directory = root / f"int_gemv-{isa}-{digest[:16]}"
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / "lock"
     if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
@@ -53,29 +63,51 @@ def build_directory() -> Path:
     return directory
 
 
+def build(isa: str):
+    """Compile (once per machine, then cached) and import the kernels for `isa`."""
+    from torch.utils.cpp_extension import load as load_extension
+
+    _put_ninja_on_path()
+    directory = build_directory(isa)
+    name = f"gptlab_int_gemv_{isa}"
+    if not (directory / f"{name}.so").is_file():  # say why the first call takes a while
+        print(f"building gptlab's integer kernels for {isa} (first use on this machine, ~20 s) ...", file=sys.stderr,
+              flush=True)
+    return load_extension(name, [str(SOURCE)], extra_cflags=FLAGS[isa], extra_ldflags=["-fopenmp"],
+                          build_directory=str(directory), verbose=False)
+
+
+def load_isa(name: str):
+    """The kernels built for one instruction set the CPU supports (to test each path), or None."""
+    if name not in supported_isas():
+        return None
+    with _lock:
+        if name not in _by_isa:
+            _by_isa[name] = build(name)
+        return _by_isa[name]
+
+
 def load():
-    """The compiled extension module, or None (see `why_not`)."""
-    global _module, why_not
+    """The compiled extension module for this CPU, or None (see `why_not`)."""
+    global _module, why_not, isa
     if _module is not None or why_not is not None:
         return _module
     with _lock:
         if _module is not None or why_not is not None:
             return _module
+        wanted = os.environ.get("GPTLAB_KERNEL_ISA")
+        supported = supported_isas()
         if os.environ.get("GPTLAB_NATIVE_KERNELS", "1") == "0":
             why_not = "turned off by GPTLAB_NATIVE_KERNELS=0"
-        elif torch.backends.cpu.get_cpu_capability() != "AVX512":
-            why_not = f"this CPU has {torch.backends.cpu.get_cpu_capability()}, the kernel needs AVX512"
+        elif not supported:
+            why_not = (f"this CPU has {torch.backends.cpu.get_cpu_capability()}; the kernels need AVX2 + FMA or "
+                       "AVX-512")
+        elif wanted and wanted not in supported:
+            why_not = f"GPTLAB_KERNEL_ISA={wanted} is not one this CPU runs ({', '.join(supported)})"
         else:
+            choice = wanted or supported[0]
             try:
-                from torch.utils.cpp_extension import load as build
-
-                _put_ninja_on_path()
-                directory = build_directory()
-                if not (directory / "gptlab_int_gemv.so").is_file():  # say why the first call takes a while
-                    print("building gptlab's integer kernels (first use on this machine, ~20 s) ...", file=sys.stderr,
-                          flush=True)
-                _module = build("gptlab_int_gemv", [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
-                                build_directory=str(directory), verbose=False)
+                _module, isa = build(choice), choice
             except Exception as e:  # no compiler, no ninja, a failed build: the result is the same, only slower
                 why_not = f"it could not be built ({type(e).__name__}: {str(e).strip().splitlines()[-1][:200]})"
     return _module

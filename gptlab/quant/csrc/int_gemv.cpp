@@ -1,9 +1,10 @@
-// gptlab's weight-only integer matrix products for a few rows of x (decoding), AVX-512.
+// gptlab's weight-only integer matrix products for a few rows of x (decoding), AVX-512 or AVX2 + FMA.
 //
 // int8: y = x · (w · scale)ᵀ + bias for a few rows of float32 x and int8 weights (out, in) with one float32 scale per
 // output row: the weight-only int8 product of batch-1 decoding. Each weight row is read once from memory and
-// widened to float in registers (16 at a time, AVX-512); four output rows share each load of x, and every row of
+// widened to float in registers (V::L lanes at a time); four output rows share each load of x, and every row of
 // x reuses the widened weights while they are in registers. Output rows are split across torch's threads.
+// One source, built once per instruction set: GPTLAB_AVX512 selects 16-lane vectors, otherwise AVX2 + FMA with 8.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -14,34 +15,75 @@ constexpr int64_t kOutBlock = 4;   // output rows computed together
 constexpr int64_t kRowBlock = 4;   // rows of x computed together
 constexpr int64_t kPrefetch = 1024;  // bytes ahead in each weight row
 
-inline __m512 widen(const int8_t* p) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-}
+#if defined(GPTLAB_AVX512)
+struct V {
+  using T = __m512;
+  static constexpr int64_t L = 16;
+  static constexpr const char* isa = "avx512";
+  static T zero() { return _mm512_setzero_ps(); }
+  static T load(const float* p) { return _mm512_loadu_ps(p); }
+  static T set1(float s) { return _mm512_set1_ps(s); }
+  static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(T a) { return _mm512_reduce_add_ps(a); }
+  static T widen8(const int8_t* p) {  // 16 int8 -> 16 float
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static void widen4(const uint8_t* p, T& lo, T& hi) {  // 16 bytes -> their 16 low and 16 high nibbles
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0xF)));
+    hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+  }
+};
+#else
+struct V {
+  using T = __m256;
+  static constexpr int64_t L = 8;
+  static constexpr const char* isa = "avx2";
+  static T zero() { return _mm256_setzero_ps(); }
+  static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static T set1(float s) { return _mm256_set1_ps(s); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static float sum(T a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  static T widen8(const int8_t* p) {  // 8 int8 -> 8 float
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static void widen4(const uint8_t* p, T& lo, T& hi) {  // 8 bytes -> their 8 low and 8 high nibbles
+    const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0xF)));
+    hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
+  }
+};
+#endif
 
 template <int R>
 void block(const float* x, const int8_t* w, const float* scale, const float* bias, float* y, int64_t K,
            int64_t N, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + kOutBlock <= n1; n += kOutBlock) {
-    __m512 acc[R][kOutBlock];
+    V::T acc[R][kOutBlock];
     for (int r = 0; r < R; ++r)
-      for (int j = 0; j < kOutBlock; ++j) acc[r][j] = _mm512_setzero_ps();
+      for (int j = 0; j < kOutBlock; ++j) acc[r][j] = V::zero();
     int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
-      __m512 wv[kOutBlock];
+    for (; k + V::L <= K; k += V::L) {
+      V::T wv[kOutBlock];
       for (int j = 0; j < kOutBlock; ++j) {
         const int8_t* p = w + (n + j) * K + k;
         _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
-        wv[j] = widen(p);
+        wv[j] = V::widen8(p);
       }
       for (int r = 0; r < R; ++r) {
-        const __m512 xv = _mm512_loadu_ps(x + r * K + k);
-        for (int j = 0; j < kOutBlock; ++j) acc[r][j] = _mm512_fmadd_ps(xv, wv[j], acc[r][j]);
+        const V::T xv = V::load(x + r * K + k);
+        for (int j = 0; j < kOutBlock; ++j) acc[r][j] = V::fma(xv, wv[j], acc[r][j]);
       }
     }
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < kOutBlock; ++j) {
-        float s = _mm512_reduce_add_ps(acc[r][j]);
+        float s = V::sum(acc[r][j]);
         for (int64_t t = k; t < K; ++t) s += x[r * K + t] * static_cast<float>(w[(n + j) * K + t]);
         y[r * N + n + j] = s * scale[n + j] + (bias ? bias[n + j] : 0.f);
       }
@@ -61,36 +103,36 @@ template <int R>
 void block4(const float* xe, const float* xo, const uint8_t* w, const float* scale, const float* offset,
             const float* bias, float* y, int64_t K, int64_t N, int64_t G, int64_t n0, int64_t n1) {
   const int64_t half = K / 2, groups = K / G;
-  const __m512i low = _mm512_set1_epi32(0xF);
   int64_t n = n0;
   for (; n + kOutBlock <= n1; n += kOutBlock) {
-    __m512 acc[R][kOutBlock];
+    V::T acc[R][kOutBlock];
     for (int r = 0; r < R; ++r)
-      for (int j = 0; j < kOutBlock; ++j) acc[r][j] = _mm512_setzero_ps();
+      for (int j = 0; j < kOutBlock; ++j) acc[r][j] = V::zero();
     for (int64_t g = 0; g < groups; ++g) {
-      __m512 sv[kOutBlock], bv[kOutBlock];
+      V::T sv[kOutBlock], bv[kOutBlock];
       for (int j = 0; j < kOutBlock; ++j) {
         const float s = scale[(n + j) * groups + g];
-        sv[j] = _mm512_set1_ps(s);
-        bv[j] = _mm512_set1_ps(-offset[(n + j) * groups + g] * s);
+        sv[j] = V::set1(s);
+        bv[j] = V::set1(-offset[(n + j) * groups + g] * s);
       }
-      for (int64_t c = g * G / 2; c < (g + 1) * G / 2; c += 16) {  // 16 bytes = 32 inputs
+      for (int64_t c = g * G / 2; c < (g + 1) * G / 2; c += V::L) {  // L bytes = 2L inputs
         for (int j = 0; j < kOutBlock; ++j) {
           const uint8_t* p = w + (n + j) * half + c;
           _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
-          const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-          const __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, low)), sv[j], bv[j]);
-          const __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), sv[j], bv[j]);
+          V::T lo, hi;
+          V::widen4(p, lo, hi);
+          lo = V::fma(lo, sv[j], bv[j]);
+          hi = V::fma(hi, sv[j], bv[j]);
           for (int r = 0; r < R; ++r) {
-            acc[r][j] = _mm512_fmadd_ps(_mm512_loadu_ps(xe + r * half + c), lo, acc[r][j]);
-            acc[r][j] = _mm512_fmadd_ps(_mm512_loadu_ps(xo + r * half + c), hi, acc[r][j]);
+            acc[r][j] = V::fma(V::load(xe + r * half + c), lo, acc[r][j]);
+            acc[r][j] = V::fma(V::load(xo + r * half + c), hi, acc[r][j]);
           }
         }
       }
     }
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < kOutBlock; ++j)
-        y[r * N + n + j] = _mm512_reduce_add_ps(acc[r][j]) + (bias ? bias[n + j] : 0.f);
+        y[r * N + n + j] = V::sum(acc[r][j]) + (bias ? bias[n + j] : 0.f);
   }
   for (; n < n1; ++n)  // the last output rows when N is not a multiple of the block
     for (int r = 0; r < R; ++r) {
@@ -185,6 +227,7 @@ torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor scale, t
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("int8_gemv", &int8_gemv, "int8 weight-only matrix product for a few rows (AVX-512)");
-  m.def("int4_gemv", &int4_gemv, "packed 4-bit weight-only matrix product with group scales (AVX-512)");
+  m.def("int8_gemv", &int8_gemv, "int8 weight-only matrix product for a few rows");
+  m.def("int4_gemv", &int4_gemv, "packed 4-bit weight-only matrix product with group scales");
+  m.attr("isa") = V::isa;
 }

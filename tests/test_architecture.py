@@ -99,7 +99,8 @@ LAYERS = (
     ("data", "model.*"),  # the model knows nothing of what is built on it
     ("rundir", "evaluate", "generate", "budget", "train.optim", "train.probes", "quant.fake", "quant.kernels", "quant.linear",
      "quant.ptq", "quant.qat", "adapters.lora", "adapters.peft_format"),  # techniques: transforms of a built model
-    ("transforms", "run", "interop.hf_tokenizer", "interop.hf", "interop.lm_eval", "quant.inspect", "adapters.merge", "report"),
+    ("transforms", "run", "interop.hf_tokenizer", "interop.hf", "interop.lm_eval",
+     "interop.gguf_export", "quant.inspect", "adapters.merge", "report"),
     ("train.callbacks", "train.loop", "quant.workflow", "bench.decode", "bench.train", "bench.time_to_loss"),
     ("quickstart", "doctor", "lab.grid", "lab.plots", "lab.results", "lab.calibrate", "lab.lesson"),
     ("lab.lessons.*",),  # the lessons and their plots

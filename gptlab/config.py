@@ -85,6 +85,13 @@ class TrainConfig:
     schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"  # wsd: warmup, stable, linear decay
     decay_fraction: float = 0.2  # wsd: share of the steps spent decaying to min_lr at the end
     weight_decay: float = 0.1
+    # adamw: AdamW on every weight. muon: Muon (momentum, then orthogonalised by Newton-Schulz) on the blocks'
+    # 2-D weight matrices, AdamW on embeddings, head, norms and biases. Muon's update is rescaled to AdamW's
+    # typical RMS (torch's "match_rms_adamw"), so train.lr means the same for both; muon_lr_scale multiplies it
+    # for the Muon matrices only.
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    muon_lr_scale: float = 1.0
+    muon_momentum: float = 0.95
     beta1: float = 0.9
     beta2: float = 0.99
     eps: float = 1e-8
@@ -120,6 +127,8 @@ class TrainConfig:
         _require(0 <= self.beta1 < 1, "train.beta1", f"must be in [0, 1), got {self.beta1}")
         _require(0 <= self.beta2 < 1, "train.beta2", f"must be in [0, 1), got {self.beta2}")
         _require(self.eps > 0, "train.eps", f"must be positive, got {self.eps}")
+        _require(self.muon_lr_scale > 0, "train.muon_lr_scale", f"must be positive, got {self.muon_lr_scale}")
+        _require(0 <= self.muon_momentum < 1, "train.muon_momentum", f"must be in [0, 1), got {self.muon_momentum}")
         _require(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
         _require(0 < self.decay_fraction <= 1, "train.decay_fraction", f"must be in (0, 1], got {self.decay_fraction}")
         _require(self.z_loss >= 0, "train.z_loss", f"must be >= 0 (0 = off), got {self.z_loss}")

@@ -38,11 +38,13 @@ def records(run_dir, key):
     return {r["step"]: r[key] for r in read_metrics(run_dir / "metrics.jsonl") if key in r}
 
 
-def test_two_processes_follow_one_and_resume(char_data, tmp_path):
-    train(char_data, tmp_path / "one", tiny_config(*SETTINGS), progress=False)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_processes_follow_one_and_resume(char_data, tmp_path, optimizer):
+    settings = [*SETTINGS, f"train.optimizer={optimizer}"]
+    train(char_data, tmp_path / "one", tiny_config(*settings), progress=False)
     # two processes for 3 steps, then a resume under two processes to 6: the same global batches throughout
     gptlab_cli("train", "--nproc", "2", "--data", str(char_data), "--out", str(tmp_path / "two"),
-               *sets(*TINY, *SETTINGS, "train.max_steps=3"))
+               *sets(*TINY, *settings, "train.max_steps=3"))
     gptlab_cli("train", "--nproc", "2", "--resume", str(tmp_path / "two"), *sets("train.max_steps=6"))
 
     one, two = records(tmp_path / "one", "loss"), records(tmp_path / "two", "loss")
@@ -52,8 +54,11 @@ def test_two_processes_follow_one_and_resume(char_data, tmp_path):
     a = load_file(str(checkpoint_dir(tmp_path / "one") / "model.safetensors"))
     b = load_file(str(checkpoint_dir(tmp_path / "two") / "model.safetensors"))
     assert a.keys() == b.keys()  # plain module names: no DDP "module." prefix
+    # Muon orthogonalises in bfloat16 (torch's Newton-Schulz), which turns the ~1e-7 differences of a two-process
+    # gradient sum into bfloat16 rounding steps of the update: ~1e-4 on weights of ~0.02, the same losses
+    atol = 5e-4 if optimizer == "muon" else 1e-5
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=atol)
 
 
 def test_single_process_group_is_a_no_op_and_uneven_batches_are_refused():

@@ -116,7 +116,7 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mic
     returned is the global one on every rank, so every rank takes the same decisions.
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     total = 0.0
     for i, (x, y) in enumerate(micro_batches):
         if dist is not None:

@@ -53,6 +53,8 @@ class ModelConfig:
     qk_norm: bool = False  # RMS-normalise each head's queries and keys (learned gain) before attention
     logit_softcap: float = 0.0  # > 0: output logits = cap · tanh(logits / cap)
     init: Literal["gpt2", "plain"] = "gpt2"  # plain: N(0, 0.02) everywhere, no 1/sqrt(2·n_layer) on c_proj
+    zero_init_proj: bool = False  # start every residual projection (attention and MLP c_proj) at zero (speedruns)
+    activation: Literal["gelu", "relu2"] = "gelu"  # the MLP's: GPT-2's tanh GELU, or ReLU squared (speedruns)
     # sdpa: PyTorch's fused scaled_dot_product_attention; manual: softmax(QKᵀ/√d + mask)·V spelled out, the
     # textbook path (same result, more memory and time: lesson 6 measures the difference)
     attention: Literal["sdpa", "manual"] = "sdpa"

@@ -107,7 +107,8 @@ def test_import_matches_transformers(tmp_path, shape):
 
 
 def test_models_gpt2_cannot_express_are_refused_naming_the_setting(tmp_path):
-    for setting, fragment in [({"positions": "rope"}, "model.positions=rope"), ({"bias": False}, "model.bias=false")]:
+    for setting, fragment in [({"positions": "rope"}, "model.positions=rope"), ({"bias": False}, "model.bias=false"),
+                              ({"activation": "relu2"}, "model.activation=relu2")]:
         cfg = RunConfig(model=ModelConfig(vocab_size=31, n_layer=1, n_head=2, n_embd=16, block_size=32, **setting))
         out = tmp_path / f"run-{fragment}"
         write_model_run(out, cfg, char_tok(), GPT(cfg.model), {})

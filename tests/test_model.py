@@ -139,3 +139,25 @@ def test_activation_checkpointing_keeps_gradients_and_holds_less():
     checkpointed(idx).logsumexp(-1).sum().backward()
     for a, b in zip(model.parameters(), checkpointed.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_relu2_mlp_and_zero_initialised_projections():
+    import dataclasses
+
+    from gptlab.model.mlp import MLP
+
+    cfg = ModelConfig(vocab_size=20, n_layer=2, n_head=2, n_embd=16, block_size=8, activation="relu2")
+    torch.manual_seed(0)
+    mlp = MLP(cfg)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(mlp(x), mlp.c_proj(F.relu(mlp.c_fc(x)) ** 2))
+    torch.manual_seed(0)
+    gelu = MLP(dataclasses.replace(cfg, activation="gelu"))
+    assert not torch.allclose(gelu(x), mlp(x))
+    model = GPT(dataclasses.replace(cfg, zero_init_proj=True))
+    projections = [m for n, m in model.named_modules() if n.endswith("c_proj")]
+    assert len(projections) == 4 and all(torch.count_nonzero(m.weight) == 0 for m in projections)
+    assert torch.count_nonzero(model.h[0].mlp.c_fc.weight) > 0
+    idx = torch.randint(0, 20, (2, 8))
+    model(idx).sum().backward()  # every block starts as the identity, and its projections get gradients to grow
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in projections)

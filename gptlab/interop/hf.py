@@ -61,7 +61,8 @@ def check_exportable(cfg: ModelConfig) -> None:
         problems.append(f"model.positions={cfg.positions} (GPT-2 has learned absolute positions only)")
     if not cfg.bias:
         problems.append("model.bias=false (GPT-2's layers all have biases)")
-    for key, plain in (("norm", "layernorm"), ("norm_placement", "pre"), ("qk_norm", False), ("logit_softcap", 0.0)):
+    for key, plain in (("norm", "layernorm"), ("norm_placement", "pre"), ("qk_norm", False), ("logit_softcap", 0.0),
+                       ("activation", "gelu")):
         if getattr(cfg, key) != plain:
             problems.append(f"model.{key}={getattr(cfg, key)} (GPT-2 has {key}={plain})")
     if cfg.learned_overflow != "error":

@@ -59,12 +59,16 @@ class GPT(nn.Module):
 
     def reset_parameters(self) -> None:
         """GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/√(2·n_layer), zero biases
-        (model.init=plain: no residual scaling)."""
+        (model.init=plain: no residual scaling; model.zero_init_proj: residual projections start at zero, so each
+        block starts as the identity)."""
         residual_std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if self.cfg.init == "gpt2" else 0.02
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 std = residual_std if name.endswith("c_proj") else 0.02
-                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if name.endswith("c_proj") and self.cfg.zero_init_proj:
+                    nn.init.zeros_(module.weight)
+                else:
+                    nn.init.normal_(module.weight, mean=0.0, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):

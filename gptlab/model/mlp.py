@@ -1,4 +1,5 @@
-"""The position-wise feed-forward block: 4× expansion with GPT-2's tanh-approximated GELU."""
+"""The position-wise feed-forward block: 4× expansion with GPT-2's tanh-approximated GELU, or ReLU² (relu(x)², the
+activation small-GPT speedruns use)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.relu2 = cfg.activation == "relu2"
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        h = self.c_fc(x)
+        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate="tanh")
+        return self.dropout(self.c_proj(h))

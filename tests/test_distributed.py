@@ -69,3 +69,36 @@ def test_single_process_group_is_a_no_op_and_uneven_batches_are_refused():
     assert torch.equal(d.shard(torch.arange(8)), torch.tensor([4, 5]))
     with pytest.raises(GptlabError, match="batch_size=6 does not split over 4 processes"):
         d.check_batch(6)
+
+
+def test_two_nodes_on_loopback_follow_one_process(char_data, tmp_path):
+    """Two "machines" (one process each) meeting at node 0's address, writing one run: the single-process run."""
+    import socket
+
+    train(char_data, tmp_path / "one", tiny_config(*SETTINGS), progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "gptlab", "train", "--nnodes", "2", "--node-rank", str(rank),
+                               "--rdzv-endpoint", f"127.0.0.1:{port}", "--data", str(char_data),
+                               "--out", str(tmp_path / "two"), *sets(*TINY, *SETTINGS)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+             for rank in (0, 1)]
+    errors = [p.communicate(timeout=300)[1] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], errors
+    one, two = records(tmp_path / "one", "loss"), records(tmp_path / "two", "loss")
+    assert sorted(two) == list(range(1, 7)) and two == pytest.approx(one, rel=1e-5, abs=1e-6)
+    a = load_file(str(checkpoint_dir(tmp_path / "one") / "model.safetensors"))
+    b = load_file(str(checkpoint_dir(tmp_path / "two") / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+def test_bad_multi_node_flags_are_one_line(capsys):
+    from gptlab.cli import main
+
+    assert main(["train", "--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1", "--data", "d", "--out", "o"]) == 2
+    assert main(["train", "--nnodes", "2", "--rdzv-endpoint", "nohost", "--data", "d", "--out", "o"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--node-rank 2 must be below --nnodes 2" in err[0] and "HOST:PORT" in err[1]

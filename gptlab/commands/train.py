@@ -9,20 +9,32 @@ from gptlab.commands.common import add_config_args, count
 from gptlab.errors import GptlabError
 
 
-def launch_processes(nproc: int, argv: list[str]) -> None:
-    """Run this same command under torchrun with `nproc` processes (data parallel); returns when they end."""
+LAUNCH_FLAGS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint")
+
+
+def launch_processes(nproc: int, argv: list[str], nnodes: int = 1, node_rank: int = 0,
+                     endpoint: str | None = None) -> None:
+    """Run this same command under torchrun with `nproc` processes on this node (data parallel), one node of
+    `nnodes` when several are given (static rendezvous at `endpoint`, HOST:PORT of node 0); returns when they end."""
     import subprocess
 
     rest, skip = [], False
-    for a in argv:  # the same arguments without --nproc
-        if skip or a.startswith("--nproc="):
+    for a in argv:  # the same arguments without the launch flags
+        if skip or a.startswith(tuple(f + "=" for f in LAUNCH_FLAGS)):
             skip = False
             continue
-        if a == "--nproc":
+        if a in LAUNCH_FLAGS:
             skip = True
             continue
         rest.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    if nnodes > 1:
+        host, _, port = (endpoint or "").rpartition(":")
+        if not host or not port.isdigit():
+            raise GptlabError(f"--rdzv-endpoint {endpoint!r}: expected HOST:PORT of node 0, e.g. 10.0.0.1:29500")
+        where = [f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--master_addr={host}", f"--master_port={port}"]
+    else:
+        where = ["--standalone"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc_per_node={nproc}",
            "-m", "gptlab", *rest]
     import os
 
@@ -41,8 +53,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise GptlabError(f"--nproc must be at least 1, got {args.nproc}")
     if args.device:
         args.overrides = [*args.overrides, f"train.device={args.device}"]
-    if args.nproc > 1 and not launched_by_torchrun():
-        return launch_processes(args.nproc, args.argv)
+    if args.nnodes > 1 and args.node_rank >= args.nnodes:
+        raise GptlabError(f"--node-rank {args.node_rank} must be below --nnodes {args.nnodes}")
+    if (args.nproc > 1 or args.nnodes > 1) and not launched_by_torchrun():
+        return launch_processes(args.nproc, args.argv, args.nnodes, args.node_rank, args.rdzv_endpoint)
     if args.resume:
         if args.config:
             raise GptlabError("--config cannot be combined with --resume: the run keeps its own config.yaml")
@@ -99,6 +113,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="data-parallel processes, launched with torchrun (gloo on CPU, nccl on GPU); "
                    "train.batch_size stays the global batch, so the run follows the single-process one (default 1; "
                    "`torchrun --nproc_per_node=N -m gptlab train ...` does the same)")
+    p.add_argument("--nnodes", type=count(1, 4096), default=1, metavar="N",
+                   help="machines taking part (default 1); run the same command on each with its --node-rank. "
+                   "Every node needs the data at the same path; RUN_DIR must be on a filesystem all nodes share "
+                   "(rank 0 writes it, a resume or rollback reads it everywhere)")
+    p.add_argument("--node-rank", type=count(0, 4095), default=0, metavar="R", help="this machine's place, 0..N-1")
+    p.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address and a free port, the same on "
+                   "every node (with --nnodes > 1)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="where to train (same as --set train.device=...; "
                    "default cpu); with --nproc N on cuda, one GPU per process over nccl")
     add_config_args(p)

@@ -138,7 +138,8 @@ def dataset_text_units(data_dirs: dict[str, Path]) -> dict[str, dict[str, float]
 
 def run_lesson(lesson: Lesson, profile: str, out: str | Path, jobs: int = 1, seeds: int | None = None,
                overrides: list[str] | None = None, redo_changed: bool = False, keep_checkpoints: bool = False,
-               progress: bool | None = None, report: bool = True) -> dict[str, Any]:
+               progress: bool | None = None, report: bool = True, executor: str = "local",
+               address: str | None = None) -> dict[str, Any]:
     """Run every unfinished cell of `lesson` under `profile` into `out`; returns counts and the report path."""
     out, extra = Path(out), list(overrides or [])
     if jobs < 1:
@@ -197,7 +198,11 @@ def run_lesson(lesson: Lesson, profile: str, out: str | Path, jobs: int = 1, see
                 keep_checkpoints)
 
     try:
-        if jobs == 1:
+        if executor == "ray":
+            from gptlab.lab.ray_executor import run_on_ray
+
+            run_on_ray(todo, submit_args, threads, address, finished, failures, cell_state, execute_cell)
+        elif jobs == 1:
             _worker_init(threads)
             for c in todo:
                 bar.set_postfix_str(c.name, refresh=True)

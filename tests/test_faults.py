@@ -38,14 +38,21 @@ def sets(items):
     return [a for t in items for a in ("--set", t)]
 
 
+def default_sigint() -> None:
+    """In the child before it starts: SIGINT back to its default. A test suite started in the background (`nohup
+    make test &`) inherits SIGINT ignored, Python then keeps ignoring it, and Ctrl-C could not be tested."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def gptlab(*argv, log: Path | None = None) -> subprocess.Popen:
     """Start a command in the background. Its output goes to files (or nowhere), never to a pipe nobody reads
     until the end: a long run fills a pipe, blocks on the write, and then answers a signal only once read."""
+    command = [sys.executable, "-m", "gptlab", *map(str, argv)]
     if log is None:
-        return subprocess.Popen([sys.executable, "-m", "gptlab", *map(str, argv)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=ENV)
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+                                preexec_fn=default_sigint)
     with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "gptlab", *map(str, argv)], stdout=out, stderr=err, env=ENV)
+        return subprocess.Popen(command, stdout=out, stderr=err, env=ENV, preexec_fn=default_sigint)
 
 
 def exit_code(proc: subprocess.Popen, log: Path, timeout: float = 120) -> tuple[int, str]:

@@ -9,17 +9,21 @@ import pytest
 from gptlab.cli import main
 from gptlab.lab.ray_executor import run_cell_task
 from gptlab.lab.runner import cell_state, execute_cell
-from tests.lab.test_runner import QUICK_CELLS, quick_tying, summaries  # noqa: F401 (the fixture)
+from tests.lab.test_runner import QUICK_CELLS, summaries
 
 ray = pytest.importorskip("ray")
 
 
+SHORT = ["--set", "train.max_steps=4", "--set", "train.eval_every=4", "--set", "train.checkpoint_every=4"]
+
+
 @pytest.mark.slow
-def test_ray_runs_the_grid_with_the_local_executors_numbers(quick_tying, tmp_path, monkeypatch):  # noqa: F811
+def test_ray_runs_the_grid_with_the_local_executors_numbers(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    out = tmp_path / "tying-ray"
-    assert main(["lab", "run", "tying", "--profile", "quick", "--executor", "ray", "--out", str(out)]) == 0
-    ours, local = summaries(out), summaries(quick_tying)
+    out, reference = tmp_path / "tying-ray", tmp_path / "tying-local"
+    assert main(["lab", "run", "tying", "--profile", "quick", *SHORT, "--out", str(reference)]) == 0
+    assert main(["lab", "run", "tying", "--profile", "quick", *SHORT, "--executor", "ray", "--out", str(out)]) == 0
+    ours, local = summaries(out), summaries(reference)
     assert len(ours) == QUICK_CELLS and ours.keys() == local.keys()
     for name in local:  # the same thread count, seeds and batches: the same numbers
         assert ours[name]["val_loss"] == local[name]["val_loss"], name

@@ -135,15 +135,10 @@ def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
 
     if meta.get("profile") in SOURCES:  # one arm, many seeds: the pipeline's calibration instead of verdicts
         blocks += calibration_blocks(results, lesson, results.directory)
-        blocks.append(Block("h2", "Plots"))
-        blocks.append(Block("img", "curves.png", items=[f"{lesson.metric_label} during training"]))
-        return blocks + [Block("img", "final.png", items=[f"final {lesson.metric_label}"])]
+        return blocks + plot_blocks(lesson)
     if not lesson.comparisons():  # a lesson that decides in its own way (gptlab ab: a sequential test)
         blocks += [Block("p", text) for text in lesson.discussion(results)]
-        blocks.append(Block("h2", "Plots"))
-        blocks.append(Block("img", "curves.png", items=[f"{lesson.metric_label} during training"]))
-        blocks.append(Block("img", "final.png", items=[f"final {lesson.metric_label}"]))
-        return blocks + lesson.extra_blocks(results, results.directory)
+        return blocks + plot_blocks(lesson) + lesson.extra_blocks(results, results.directory)
     comparisons = results.compare(lesson.comparisons(), lesson.metric, lesson.equivalence_margin)
     blocks.append(Block("h2", "Comparisons"))
     blocks.append(Block("p", f"Difference = mean(other) − mean(baseline) in {lesson.metric_label}; paired t-test on "
@@ -177,10 +172,13 @@ def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
     if discussion:
         blocks.append(Block("h2", "Reading the results"))
         blocks += [Block("p", text) for text in discussion]
-    blocks.append(Block("h2", "Plots"))
-    blocks.append(Block("img", "curves.png", items=[f"{lesson.metric_label} during training"]))
-    blocks.append(Block("img", "final.png", items=[f"final {lesson.metric_label}"]))
-    return blocks + lesson.extra_blocks(results, results.directory)
+    return blocks + plot_blocks(lesson) + lesson.extra_blocks(results, results.directory)
+
+
+def plot_blocks(lesson: Lesson) -> list[Block]:
+    """The two figures every report has (write_report draws them)."""
+    return [Block("h2", "Plots"), Block("img", "curves.png", items=[f"{lesson.metric_label} during training"]),
+            Block("img", "final.png", items=[f"final {lesson.metric_label}"])]
 
 
 def _settings(overrides: dict) -> str:

@@ -103,21 +103,12 @@ def check_peaks(sizes: Sizes) -> Check:
 
 def _small_step() -> Callable[[], None]:
     """One optimizer step of a small GPT (2 layers, d 128, block 64, batch 8): the work the thread count is for."""
-    from gptlab.config import ModelConfig, TrainConfig
-    from gptlab.model import GPT
-    from gptlab.train.losses import lm_loss
-    from gptlab.train.optim import build_optimizer
+    from gptlab.budget import training_step
+    from gptlab.config import build_config
 
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=65, n_layer=2, n_head=4, n_embd=128, block_size=64))
-    optimizer = build_optimizer(model, TrainConfig())
-    x = torch.randint(0, 65, (8, 64))
-
-    def step() -> None:
-        lm_loss(model(x), x).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
+    cfg = build_config(overrides=["model.vocab_size=65", "model.n_layer=2", "model.n_head=4", "model.n_embd=128",
+                                  "model.block_size=64", "train.batch_size=8"])
+    return training_step(cfg, 65)
 
 
 def check_threads(sizes: Sizes) -> Check:

@@ -32,7 +32,7 @@ from gptlab.train.callbacks import (Callback, LogitProbe, NonFinitePolicy, PeftE
                                     SpikeWatch)
 from gptlab.train.distributed import Distributed, set_threads
 from gptlab.train.losses import lm_loss, z_loss
-from gptlab.train.metrics import MetricsLog, read_metrics
+from gptlab.train.metrics import MetricsLog
 from gptlab.transforms import apply_for_training
 from gptlab.train.optim import build_optimizer, lr_at
 
@@ -226,13 +226,12 @@ class Trainer:
         self.parallel_model = self.dist.wrap(self.model)  # the model the optimizer step runs through
         if cfg.train.compile:  # checkpoints keep saving self.model, the plain module
             self.parallel_model = torch.compile(self.parallel_model)
-        if resume and self.dist.main:  # before the metrics log opens: the losses that led to the checkpoint
-            before = [(r["step"], r["loss"]) for r in read_metrics(self.run_dir / "metrics.jsonl")
-                      if "event" not in r and isinstance(r.get("loss"), float) and r.get("step", 0) <= self.step]
-            self.callbacks.append(ResumeContinuity(before))
         tb = self.run_dir / "tensorboard" if cfg.train.tensorboard else None
         self.metrics = (MetricsLog(self.run_dir / "metrics.jsonl", self.step if resume else None, tb)
                         if self.dist.main else NullMetrics())
+        if resume and self.dist.main:  # the losses that led to the checkpoint, as the metrics log kept them
+            self.callbacks.append(ResumeContinuity([(r["step"], r["loss"]) for r in self.metrics.kept
+                                                    if "event" not in r and isinstance(r.get("loss"), float)]))
         self.flops_per_token = flops_per_token(self.model, cfg.model.block_size)
 
     # -- checkpoints ------------------------------------------------------------------------------------------

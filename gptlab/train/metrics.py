@@ -37,9 +37,10 @@ class MetricsLog:
 
     def __init__(self, path: str | Path, resume_step: int | None = None, tensorboard_dir: str | Path | None = None):
         self.path = Path(path)
+        self.kept: list[dict[str, Any]] = []  # on resume: the records up to the checkpoint, as they are on disk
         if resume_step is not None:
-            kept = [r for r in read_metrics(self.path) if _step(r) <= resume_step]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            self.kept = [r for r in read_metrics(self.path) if _step(r) <= resume_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.kept))
         elif self.path.exists():
             self.path.unlink()
         with writing(self.path):

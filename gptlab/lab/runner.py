@@ -13,6 +13,7 @@ skips finished cells, resumes a cell that stopped midway from its last checkpoin
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import json
 import multiprocessing
 import os
@@ -126,14 +127,24 @@ def dataset_text_units(data_dirs: dict[str, Path]) -> dict[str, dict[str, float]
     """Per dataset, the UTF-8 bytes and characters per token of its validation text, so a report can give its
     losses in bits per byte too."""
     from gptlab.data import load_data
-    from gptlab.evaluate import text_units
-    from gptlab.tokenizers import load_tokenizer
 
     out = {}
     for key, directory in data_dirs.items():
-        units = text_units(load_data(directory).val, load_tokenizer(Path(directory) / "tokenizer"))
-        out[key] = {"bytes_per_token": units.bytes_per_token, "chars_per_token": units.chars_per_token}
+        hashes = load_data(directory).meta.get("tokens_sha256") or {}
+        out[key] = dict(_text_units(str(Path(directory).resolve()), str(hashes.get("val"))))
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _text_units(directory: str, val_sha256: str) -> dict[str, float]:
+    """Decoding a split is the costly part: once per process and split content (`gptlab ab` calls the runner at
+    every look)."""
+    from gptlab.data import load_data
+    from gptlab.evaluate import text_units
+    from gptlab.tokenizers import load_tokenizer
+
+    units = text_units(load_data(directory).val, load_tokenizer(Path(directory) / "tokenizer"))
+    return {"bytes_per_token": units.bytes_per_token, "chars_per_token": units.chars_per_token}
 
 
 def run_lesson(lesson: Lesson, profile: str, out: str | Path, jobs: int = 1, seeds: int | None = None,

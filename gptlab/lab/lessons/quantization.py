@@ -108,20 +108,20 @@ class QuantizationLesson(Lesson):
                      ("bytes", "state bytes", "{:,.0f}"), ("spikes", "spikes", "{:.1f}"))
 
     def profiles(self) -> dict[str, Grid]:
-        grids = {}
-        for name, p in PROFILES.items():
-            text = Dataset("shakespeare", "char")
-            conditions = tuple(Condition(f"w{b}", text, {"quant.bits": b}, f"{b}-bit weights") for b in BITS)
-            exclude = tuple((f"w{b}", v.name) for b in BITS if b not in QAT_BITS for v in QAT)
-            base = {**p["model"], **p["finetune"], "quant.calib_batches": p["calib_batches"]}
-            grids[name] = Grid(conditions, PTQ + QAT, tuple(range(p["seeds"])), base, exclude, settings=p)
+        text = Dataset("shakespeare", "char")
+        conditions = tuple(Condition(f"w{b}", text, {"quant.bits": b}, f"{b}-bit weights") for b in BITS)
+        qat_conditions = tuple(c for c in conditions if c.overrides["quant.bits"] in QAT_BITS)
+        exclude = tuple((f"w{b}", v.name) for b in BITS if b not in QAT_BITS for v in QAT)
+
+        def base(p: dict) -> dict:
+            return {**p["model"], **p["finetune"], "quant.calib_batches": p["calib_batches"]}
+
+        grids = {name: Grid(conditions, PTQ + QAT, tuple(range(p["seeds"])), base(p), exclude, settings=p)
+                 for name, p in PROFILES.items()}
         # each arm's clip, chosen at a profile's settings on seeds it never uses (-quick: to try the selection)
         for name, source in (("clip-selection", "full"), ("clip-selection-quick", "quick")):
-            p = PROFILES[source]
-            qat_conditions = tuple(Condition(f"w{b}", Dataset("shakespeare", "char"), {"quant.bits": b},
-                                             f"{b}-bit weights") for b in QAT_BITS)
-            grids[name] = Grid(qat_conditions, CLIP_SELECTION, SELECTION_SEEDS,
-                               {**p["model"], **p["finetune"], "quant.calib_batches": p["calib_batches"]}, settings=p)
+            grids[name] = Grid(qat_conditions, CLIP_SELECTION, SELECTION_SEEDS, base(PROFILES[source]),
+                               settings=PROFILES[source])
         return grids
 
     def comparisons(self) -> list[tuple[str, str]]:

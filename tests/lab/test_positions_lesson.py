@@ -3,7 +3,7 @@
 import json
 
 from gptlab.cli import main
-from gptlab.lab.lessons.positions import EXTEND, MULTIPLES, SCHEMES
+from gptlab.lab.lessons.positions import EXTEND, MULTIPLES, SCHEMES, PositionsLesson
 from gptlab.lab.results import load_results
 
 
@@ -34,3 +34,10 @@ def test_quick_positions_lesson(tmp_path):
     md = (out / "report.md").read_text()
     assert "| learned | " in md and "cannot run" in md and "## Beyond the training length" in md
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 4
+
+
+def test_the_sinusoid_ablation_chooses_on_seeds_the_full_profile_never_tests():
+    profiles = PositionsLesson().profiles()
+    ablation, full = profiles["sinusoid-ablation"], profiles["full"]
+    assert not set(ablation.seeds) & set(full.seeds)
+    assert ablation.base == full.base and ablation.settings == full.settings  # same settings and budget

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptlab.commands import ab, bench, data, doctor, evaluate, interop, lab, quant, quickstart, sample, train
+from gptlab.commands import ab, bench, data, doctor, evaluate, interop, lab, quant, quickstart, report, sample, train
 from gptlab.commands.common import Parser
 from gptlab.errors import GptlabError
 
 # The command groups, in the order `gptlab --help` lists them; each registers its parsers beside its handlers.
-COMMANDS = (data, train, sample, quant, evaluate, quickstart, interop, lab, ab, bench, doctor)
+COMMANDS = (data, train, sample, quant, evaluate, report, quickstart, interop, lab, ab, bench, doctor)
 
 EXAMPLES = """\
 examples:
@@ -24,6 +24,7 @@ examples:
   gptlab train --resume runs/small --set train.max_steps=4000
   gptlab sample --run runs/small --prompt "ROMEO." --max-new-tokens 300 --temperature 0.8 --top-k 40
   gptlab eval --run runs/small --lengths 64,128,256
+  gptlab report --run runs/small
   gptlab finetune --run runs/small --data runs/data/poems --out runs/lora --set lora.r=8 --set lora.scaling=rslora
   gptlab lab run tying --profile quick
   gptlab bench train --set model.n_layer=4 --set model.n_embd=128

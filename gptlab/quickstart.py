@@ -9,7 +9,7 @@ from pathlib import Path
 from gptlab.config import build_config
 from gptlab.data import is_data_dir, load_data, prepare
 from gptlab.generate import generate
-from gptlab.report import write_summary
+from gptlab.report import band_verdict, write_summary
 from gptlab.run import load_model
 from gptlab.rundir import is_run
 from gptlab.train.loop import resume, train
@@ -44,6 +44,7 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
             cfg = build_config(path, overrides)
         if not any(o.startswith("train.max_steps=") for o in overrides):
             cfg = sized_to_machine(cfg, meta["vocab_size"], minutes)
+        print_expected_band(cfg, meta)
         summary = train(out / "data", run_dir, cfg)
     print("3/3 sampling ...", flush=True)
     model, tok, cfg = load_model(run_dir, "best")
@@ -66,7 +67,24 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
     report = write_summary(run_dir, "gptlab quickstart", facts, samples)
     print("-" * 60)
     print(f"best val loss {summary['best_val_loss']:.4f}; wall time {wall:.0f} s; report: {report}")
+    print(f"against the reference band: {band_verdict(run_dir)[1]}")
     return report
+
+
+def print_expected_band(cfg, meta: dict) -> None:
+    """Up front: the val loss this config reaches over seeds, from its reference band, if gptlab ships one."""
+    import dataclasses
+
+    from gptlab.bands import curve_identity, find_band
+
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=meta["vocab_size"]))
+    band = find_band(curve_identity(cfg, meta["tokenizer"], meta.get("tokens_sha256")))
+    if band is None:
+        print(f"    no reference band for {cfg.train.max_steps} steps of this config: the report will show the curve "
+              "alone", flush=True)
+        return
+    print(f"    expected val loss at step {band.steps[-1]}: {band.mean[-1]:.3f} (95 % of seeds within "
+          f"{band.lo[-1]:.3f}–{band.hi[-1]:.3f}; {len(band.seeds)} seeds on {band.machine})", flush=True)
 
 
 def sized_to_machine(cfg, vocab_size: int, minutes: float):

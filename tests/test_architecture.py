@@ -97,7 +97,7 @@ LAYERS = (
     ("config", "tokenizers", "corpus", "memory", "model.filters", "train.distributed", "train.losses",
      "train.efficiency", "train.metrics", "train.checkpoint", "bench.hardware", "quant.native"),
     ("data", "model.*"),  # the model knows nothing of what is built on it
-    ("rundir", "evaluate", "generate", "budget", "train.optim", "train.probes", "quant.fake", "quant.kernels", "quant.linear",
+    ("rundir", "bands", "evaluate", "generate", "budget", "train.optim", "train.probes", "quant.fake", "quant.kernels", "quant.linear",
      "quant.ptq", "quant.qat", "adapters.lora", "adapters.peft_format"),  # techniques: transforms of a built model
     ("transforms", "run", "interop.hf_tokenizer", "interop.hf", "interop.lm_eval",
      "interop.gguf_export", "quant.inspect", "adapters.merge", "report"),
@@ -108,7 +108,7 @@ LAYERS = (
     ("lab.ab",),  # a lesson the runner runs look by look
     ("commands.common",),
     ("commands.ab", "commands.bench", "commands.data", "commands.doctor", "commands.evaluate", "commands.interop", "commands.lab", "commands.quant",
-     "commands.quickstart", "commands.sample", "commands.train"),
+     "commands.quickstart", "commands.report", "commands.sample", "commands.train"),
     ("cli", "__main__"),
 )
 

@@ -19,6 +19,7 @@ from gptlab.io import atomic_write_text  # noqa: E402
 from gptlab.lab import stats  # noqa: E402
 from gptlab.lab.calibrate import SOURCES, calibration_blocks  # noqa: E402
 from gptlab.lab.lesson import Lesson  # noqa: E402
+from gptlab.lab.literature import literature_blocks  # noqa: E402
 from gptlab.lab.plots import colors, write_figure  # noqa: E402
 from gptlab.lab.results import Results, load_results  # noqa: E402
 
@@ -172,6 +173,7 @@ def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
     if discussion:
         blocks.append(Block("h2", "Reading the results"))
         blocks += [Block("p", text) for text in discussion]
+    blocks += literature_blocks(lesson.name, results, lesson.equivalence_margin)
     return blocks + plot_blocks(lesson) + lesson.extra_blocks(results, results.directory)
 
 

@@ -33,6 +33,7 @@ def test_quick_positions_lesson(tmp_path):
         assert all(len(curve) == curves["length"] == 16 * MULTIPLES[-1] for curve in curves["curves"].values())
     md = (out / "report.md").read_text()
     assert "| learned | " in md and "cannot run" in md and "## Beyond the training length" in md
+    assert "## What the literature reports" in md and "ctx16: rope → alibi (loss_4x; paper: lower)" in md
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 4
 
 

@@ -103,7 +103,7 @@ LAYERS = (
      "interop.gguf_export", "quant.inspect", "adapters.merge", "report"),
     ("train.callbacks", "train.loop", "quant.workflow", "bench.decode", "bench.train", "bench.time_to_loss"),
     ("quickstart", "doctor", "lab.ray_executor", "lab.grid", "lab.plots", "lab.results", "lab.calibrate", "lab.lesson",
-     "lab.literature"),
+     "lab.literature", "lab.scale"),
     ("lab.lessons.*",),  # the lessons and their plots
     ("lab.report", "lab.runner"),
     ("lab.ab",),  # a lesson the runner runs look by look

@@ -22,6 +22,7 @@ from gptlab.lab.lesson import Lesson  # noqa: E402
 from gptlab.lab.literature import literature_blocks  # noqa: E402
 from gptlab.lab.plots import colors, write_figure  # noqa: E402
 from gptlab.lab.results import Results, load_results  # noqa: E402
+from gptlab.lab.scale import scale_blocks  # noqa: E402
 
 
 # -- plots -------------------------------------------------------------------------------------------------------
@@ -173,6 +174,8 @@ def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
     if discussion:
         blocks.append(Block("h2", "Reading the results"))
         blocks += [Block("p", text) for text in discussion]
+    blocks += scale_blocks(results, lesson.comparisons(), lesson.metric, lesson.metric_label,
+                           lesson.equivalence_margin, results.directory)
     blocks += literature_blocks(lesson.name, results, lesson.equivalence_margin)
     return blocks + plot_blocks(lesson) + lesson.extra_blocks(results, results.directory)
 

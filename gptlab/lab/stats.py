@@ -283,6 +283,8 @@ class Trend:
     ci_high: float
     p: float
     n: int
+    se: float = math.nan  # of the slope, with the t distribution's degrees of freedom (for TOST on the slope)
+    df: float = math.nan
 
 
 def trend(x: Sequence[float], y: Sequence[float], groups: Sequence | None = None, confidence: float = 0.95) -> Trend:
@@ -311,7 +313,7 @@ def trend(x: Sequence[float], y: Sequence[float], groups: Sequence | None = None
         slope = float((xc * yc).sum() / sxx)
         se = math.sqrt(float(((yc - slope * xc) ** 2).sum()) / df / sxx)
     if se == 0:
-        return Trend(slope, slope, slope, 0.0 if slope != 0 else 1.0, len(x))
+        return Trend(slope, slope, slope, 0.0 if slope != 0 else 1.0, len(x), 0.0, float(df))
     half = stats.t.ppf(0.5 + confidence / 2, df) * se
     p = float(2 * stats.t.sf(abs(slope / se), df))
-    return Trend(slope, slope - half, slope + half, p, len(x))
+    return Trend(slope, slope - half, slope + half, p, len(x), float(se), float(df))

@@ -1,0 +1,183 @@
+"""Effect versus scale: a lesson's headline comparisons rerun at several model sizes and training budgets, the
+effect's trend fitted against log-parameters and log-tokens, and the trend said in words.
+
+A `scale` profile's conditions are SIZE-BUDGET pairs (`scale_conditions`); the grid's settings carry
+{"scale": {"sizes": [...], "budgets": [...]}} so the report knows to add this section. Within one budget the
+effect (b − a, paired by seed) is regressed on log2(parameters) with one intercept per seed; within one size, on
+log2(tokens). The words:
+
+- flips: the effect is significant with one sign at the smallest scale and with the other at the largest;
+- grows / shrinks: the slope's CI excludes zero, and the effect's magnitude rises / falls with scale;
+- holds: the slope is within ±margin per doubling (two one-sided tests on the slope);
+- inconclusive: none of these at these seeds.
+
+The largest scale measured is always stated: a trend over a decade of small models is not a law.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import stats as sps  # noqa: E402
+
+from gptlab.document import Block  # noqa: E402
+from gptlab.lab import stats  # noqa: E402
+from gptlab.lab.grid import Condition, Dataset  # noqa: E402
+from gptlab.lab.plots import write_figure  # noqa: E402
+
+
+def scale_conditions(dataset: Dataset, sizes: dict[str, dict[str, Any]], budgets: dict[str, int],
+                     warmup_fraction: float = 0.1) -> tuple[Condition, ...]:
+    """SIZE-BUDGET conditions: each size's model overrides at each budget of optimizer steps (warmup, evaluation
+    and checkpoints scaled with the steps, so every budget has the same schedule shape)."""
+    out = []
+    for size, model in sizes.items():
+        for budget, steps in budgets.items():
+            schedule = {"train.max_steps": steps, "train.warmup_steps": max(1, int(steps * warmup_fraction)),
+                        "train.eval_every": max(1, steps // 6), "train.checkpoint_every": max(1, steps // 3),
+                        "train.log_every": max(1, steps // 30)}
+            out.append(Condition(f"{size}-{budget}", dataset, {**model, **schedule}, f"{size} model, {steps} steps"))
+    return tuple(out)
+
+
+def scale_settings(sizes: dict, budgets: dict) -> dict[str, Any]:
+    return {"scale": {"sizes": list(sizes), "budgets": list(budgets)}}
+
+
+@dataclass(frozen=True)
+class Point:
+    size: str
+    budget: str
+    parameters: float
+    tokens: float
+    diffs: dict[int, float]  # seed -> b − a
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.diffs.values()))) if self.diffs else math.nan
+
+    def ci(self) -> tuple[float, float]:
+        d = np.array(list(self.diffs.values()))
+        if len(d) < 2:
+            return math.nan, math.nan
+        half = sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        return float(d.mean() - half), float(d.mean() + half)
+
+
+def classify(points: list[Point], trend: stats.Trend, margin: float) -> str:
+    """Words for how the effect moves along the points (sorted smallest scale first)."""
+    first, last = points[0].ci(), points[-1].ci()
+    if all(not math.isnan(v) for v in (*first, *last)):
+        if (first[1] < 0 < last[0]) or (first[0] > 0 > last[1]):
+            return "flips"
+    if math.isnan(trend.slope):
+        return "inconclusive"
+    if trend.ci_low > 0 or trend.ci_high < 0:
+        overall = np.mean([p.mean for p in points])
+        return "grows" if trend.slope * overall > 0 else "shrinks"
+    return "holds" if stats.tost(trend.slope, trend.se, trend.df, margin) < 0.05 else "inconclusive"
+
+
+def fit(points: list[Point], axis: str) -> stats.Trend:
+    """The within-seed slope of the effect on log2(parameters) or log2(tokens) over `points`."""
+    x, y, g = [], [], []
+    for p in points:
+        for seed, d in p.diffs.items():
+            x.append(math.log2(p.parameters if axis == "parameters" else p.tokens))
+            y.append(d)
+            g.append(seed)
+    return stats.trend(x, y, groups=g)
+
+
+def points(results, a: str, b: str, metric: str, sizes: list[str], budgets: list[str]) -> list[Point]:
+    out = []
+    for size in sizes:
+        for budget in budgets:
+            condition = f"{size}-{budget}"
+            arm_a = {c.seed: c for c in results.arm(condition, a)}
+            arm_b = {c.seed: c for c in results.arm(condition, b)}
+            shared = sorted(set(arm_a) & set(arm_b))
+            if not shared:
+                continue
+            diffs = {s: float(arm_b[s].summary[metric]) - float(arm_a[s].summary[metric]) for s in shared}
+            out.append(Point(size, budget, float(np.mean([arm_a[s].summary["parameters"] for s in shared])),
+                             float(np.mean([arm_a[s].summary["tokens"] for s in shared])), diffs))
+    return out
+
+
+def scale_blocks(results, pairs: list[tuple[str, str]], metric: str, metric_label: str, margin: float,
+                 directory: Path) -> list[Block]:
+    scale = results.meta.get("grid", {}).get("settings", {}).get("scale")
+    if not scale:
+        return []
+    sizes, budgets = scale["sizes"], scale["budgets"]
+    blocks = [Block("h2", "Effect versus scale"),
+              Block("p", f"Each headline difference (mean of b − a in {metric_label}, paired by seed, 95 % t CI) at "
+                         "every model size and training budget. Trend: the within-seed slope of the difference on "
+                         "log2(parameters) at each budget, and on log2(tokens) at each size, with its 95 % CI. "
+                         f"Words: flips (significant with opposite signs at the two ends); grows / shrinks (slope CI "
+                         f"excludes 0; magnitude rises / falls); holds (slope within ±{margin:g} per doubling by "
+                         "TOST); else inconclusive. These CIs are per comparison, not Holm-adjusted: read them as "
+                         "the shape of the effect, and the Comparisons table for tests.")]
+    rows = [["comparison", "along", "at", "points", "slope per doubling (95 % CI)", "trend"]]
+    effect_rows = [["comparison", "size", "budget", "parameters", "tokens", "difference (95 % CI)", "seeds"]]
+    largest = (0.0, 0.0)
+    figure_pairs = []
+    for a, b in pairs:
+        pts = points(results, a, b, metric, sizes, budgets)
+        if not pts:
+            continue
+        figure_pairs.append((a, b, pts))
+        for p in pts:
+            low, high = p.ci()
+            effect_rows.append([f"{a} → {b}", p.size, p.budget, f"{p.parameters:,.0f}", f"{p.tokens:,.0f}",
+                                f"{p.mean:+.4f} ({low:+.4f} to {high:+.4f})", str(len(p.diffs))])
+            largest = (max(largest[0], p.parameters), max(largest[1], p.tokens))
+        for along, key, fixed in (("parameters", "budget", budgets), ("tokens", "size", sizes)):
+            for value in fixed:
+                line = sorted((p for p in pts if getattr(p, key) == value),
+                              key=lambda p: p.parameters if along == "parameters" else p.tokens)
+                if len(line) < 2:
+                    continue
+                t = fit(line, along)
+                rows.append([f"{a} → {b}", along, f"{key} {value}", str(len(line)),
+                             f"{t.slope:+.4f} ({t.ci_low:+.4f} to {t.ci_high:+.4f})", classify(line, t, margin)])
+    blocks += [Block("table", items=effect_rows), Block("table", items=rows),
+               Block("p", f"Largest scale measured: {largest[0]:,.0f} parameters, {largest[1]:,.0f} training tokens. "
+                          "What holds here may not hold beyond it.")]
+    if figure_pairs:
+        plot_scale(figure_pairs, sizes, budgets, metric_label, directory / "scale.png")
+        blocks.append(Block("img", "scale.png", items=["effect against parameters and tokens"]))
+    return blocks
+
+
+def plot_scale(pairs, sizes: list[str], budgets: list[str], metric_label: str, path: Path) -> None:
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(10, 3.2 * len(pairs)), dpi=110, squeeze=False)
+    for row, (a, b, pts) in enumerate(pairs):
+        for col, (along, key, fixed) in enumerate((("parameters", "budget", budgets), ("tokens", "size", sizes))):
+            ax = axes[row][col]
+            for value in fixed:
+                line = sorted((p for p in pts if getattr(p, key) == value), key=lambda p: getattr(p, along))
+                if not line:
+                    continue
+                xs = [getattr(p, along) for p in line]
+                means = [p.mean for p in line]
+                cis = [p.ci() for p in line]
+                err = [[m - lo for m, (lo, _) in zip(means, cis)], [hi - m for m, (_, hi) in zip(means, cis)]]
+                ax.errorbar(xs, means, yerr=np.nan_to_num(err), marker="o", capsize=3, label=f"{key} {value}")
+            ax.axhline(0, color="k", lw=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel(along)
+            ax.set_ylabel(f"Δ {metric_label}")
+            ax.set_title(f"{a} → {b} against {along}", fontsize=9)
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7)
+    write_figure(fig, path)

@@ -18,6 +18,7 @@ from gptlab.data import TokenData
 from gptlab.lab import stats
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant
 from gptlab.lab.lesson import Lesson
+from gptlab.lab.scale import scale_conditions, scale_settings
 from gptlab.train.loop import NonFiniteStep, Trainer
 
 BASELINE = "baseline"
@@ -40,8 +41,33 @@ FULL_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 QUICK_LRS = (3e-3, 3e-1)
 
 
+# Effect versus scale of the headline (QK-norm against the baseline at a high learning rate, where attention
+# logits grow): 3 sizes over ~28x in parameters, budgets 4x apart.
+SCALE_LR = 3e-2
+SCALE_SIZES = {"xs": {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32},
+               "s": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 64},
+               "m": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128}}
+SCALE_BUDGETS = {"150": 150, "600": 600}
+QUICK_SCALE_SIZES = {"xxs": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16},
+                     "xs": {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32}}
+QUICK_SCALE_BUDGETS = {"8": 8, "32": 32}
+SCALE_VARIANTS = tuple(v for v in VARIANTS if v.name in (BASELINE, "qk-norm"))
+
+
 def lr_condition(lr: float, dataset: Dataset) -> Condition:
     return Condition(f"lr{lr:g}", dataset, {"train.lr": lr, "train.min_lr": lr / 10})
+
+
+def condition_lr(name: str) -> float | None:
+    """The peak learning rate an lr-condition is named after; None for other conditions (a scale profile's)."""
+    try:
+        return float(name[2:]) if name.startswith("lr") else None
+    except ValueError:
+        return None
+
+
+def lrs_of(results) -> list[float]:
+    return sorted({lr for c in results.cells if (lr := condition_lr(c.condition)) is not None})
 
 
 class StabilityLesson(Lesson):
@@ -57,8 +83,14 @@ class StabilityLesson(Lesson):
 
     def profiles(self) -> dict[str, Grid]:
         full_data, quick_data = Dataset("shakespeare", "char"), Dataset("shakespeare-poems", "char")
+        high = {"train.lr": SCALE_LR, "train.min_lr": SCALE_LR / 10}
         return {"quick": Grid(tuple(lr_condition(lr, quick_data) for lr in QUICK_LRS), VARIANTS, (0, 1), QUICK),
-                "full": Grid(tuple(lr_condition(lr, full_data) for lr in FULL_LRS), VARIANTS, tuple(range(5)), FULL)}
+                "full": Grid(tuple(lr_condition(lr, full_data) for lr in FULL_LRS), VARIANTS, tuple(range(5)), FULL),
+                "scale": Grid(scale_conditions(full_data, SCALE_SIZES, SCALE_BUDGETS), SCALE_VARIANTS,
+                              tuple(range(5)), {**FULL, **high}, settings=scale_settings(SCALE_SIZES, SCALE_BUDGETS)),
+                "scale-quick": Grid(scale_conditions(quick_data, QUICK_SCALE_SIZES, QUICK_SCALE_BUDGETS),
+                                    SCALE_VARIANTS, (0, 1), {**QUICK, **high},
+                                    settings=scale_settings(QUICK_SCALE_SIZES, QUICK_SCALE_BUDGETS))}
 
     def comparisons(self) -> list[tuple[str, str]]:
         return [(BASELINE, v.name) for v in VARIANTS if v.name != BASELINE]
@@ -79,7 +111,7 @@ class StabilityLesson(Lesson):
         from gptlab.document import Block
         from gptlab.lab.lessons.stability_plots import plot_lr_curves, plot_attention_growth
 
-        lrs = sorted({float(c.condition[2:]) for c in results.cells})
+        lrs = lrs_of(results)
         if len(lrs) < 2:
             return []
         plot_lr_curves(results, lrs, directory / "loss_vs_lr.png", BASELINE)
@@ -107,7 +139,7 @@ class StabilityLesson(Lesson):
         return blocks
 
     def discussion(self, results) -> list[str]:
-        lrs = sorted({float(c.condition[2:]) for c in results.cells})
+        lrs = lrs_of(results)
         if len(lrs) < 2:
             return []
         sens = sensitivities(results, lrs)
@@ -135,7 +167,7 @@ def sensitivities(results, lrs: list[float]) -> dict[str, dict[int, float]]:
         per_seed = {}
         for c in results.cells:
             if c.variant == variant and isinstance(c.summary.get("val_loss"), (int, float)):
-                per_seed.setdefault(c.seed, {})[float(c.condition[2:])] = c.summary["val_loss"]
+                per_seed.setdefault(c.seed, {})[condition_lr(c.condition)] = c.summary["val_loss"]
         complete = {seed: v for seed, v in per_seed.items() if len(v) == len(lrs)}
         if complete:
             out[variant] = {seed: float(np.mean([loss - min(v.values()) for loss in v.values()]))

@@ -29,7 +29,8 @@ def cmd_lab(args: argparse.Namespace) -> None:
     lesson = get_lesson(args.lesson)
     out = args.out or f"runs/lab/{lesson.name}-{args.profile}"
     result = run_lesson(lesson, args.profile, out, args.jobs, args.seeds, args.overrides, args.redo_changed,
-                        args.keep_checkpoints, executor=args.executor, address=args.address)
+                        args.keep_checkpoints, executor=args.executor, address=args.address,
+                        shared_fs=args.shared_fs)
     print(f"{out}: {result['ran']} cells run, {result['skipped']} already done, {result['wall_s'] / 60:.1f} min; "
           f"report: {result['report']}")
 
@@ -56,10 +57,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default 1)")
     q.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: processes on this machine (--jobs); ray: each cell a Ray task reserving cores / "
-                   "--jobs CPUs, on a local Ray or the cluster at --address (OUT must be on a filesystem the "
-                   "workers share); a cell whose worker dies is retried from its checkpoint")
+                   "--jobs CPUs, on a local Ray or the cluster at --address; the data and each finished cell's "
+                   "files travel through Ray (see --shared-fs); a cell whose worker dies is retried")
     q.add_argument("--address", metavar="HOST:PORT", help="with --executor ray: a running Ray cluster "
                    "(default: start one on this machine)")
+    q.add_argument("--shared-fs", action="store_true", help="with --executor ray: OUT is on a filesystem every "
+                   "node sees, so tasks read the data and write their cells there directly (and a retried cell "
+                   "resumes from its checkpoint on any node) instead of shipping them through Ray")
     q.add_argument("--seeds", type=count(2, 10**4), help="seeds per arm (default: the profile's)")
     add_set(q, "override a config value in every cell, e.g. --set train.max_steps=100")
     q.add_argument("--redo-changed", action="store_true", help="rerun cells whose saved config differs from "

@@ -150,7 +150,7 @@ def _text_units(directory: str, val_sha256: str) -> dict[str, float]:
 def run_lesson(lesson: Lesson, profile: str, out: str | Path, jobs: int = 1, seeds: int | None = None,
                overrides: list[str] | None = None, redo_changed: bool = False, keep_checkpoints: bool = False,
                progress: bool | None = None, report: bool = True, executor: str = "local",
-               address: str | None = None) -> dict[str, Any]:
+               address: str | None = None, shared_fs: bool = False) -> dict[str, Any]:
     """Run every unfinished cell of `lesson` under `profile` into `out`; returns counts and the report path."""
     out, extra = Path(out), list(overrides or [])
     if jobs < 1:
@@ -212,7 +212,8 @@ def run_lesson(lesson: Lesson, profile: str, out: str | Path, jobs: int = 1, see
         if executor == "ray":
             from gptlab.lab.ray_executor import run_on_ray
 
-            run_on_ray(todo, submit_args, threads, address, finished, failures, cell_state, execute_cell)
+            run_on_ray(todo, submit_args, threads, address, finished, failures, cell_state, execute_cell, out,
+                       shared=shared_fs)
         elif jobs == 1:
             _worker_init(threads)
             for c in todo:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gptlab.commands.common import add_config_args, count, number
+from gptlab.commands.common import add_executor_args, add_config_args, count, number
 
 
 def pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -31,7 +31,8 @@ def cmd_ab(args: argparse.Namespace) -> None:
         apply_overrides(base, [f"{k}={v}" for k, v in arm.items()])
     settings = {**config_file_settings(args.config), **pairs(args.overrides, "--set")}
     run_ab(args.data, args.out, settings, a, b, margin=args.margin, alpha=args.alpha, min_seeds=args.min_seeds,
-           max_seeds=args.max_seeds, jobs=args.jobs, metric=args.metric)
+           max_seeds=args.max_seeds, jobs=args.jobs, metric=args.metric, executor=args.executor, address=args.address,
+           shared_fs=args.shared_fs)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,4 +59,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seeds", type=count(2), default=15, help="seed pairs at most (default 15)")
     p.add_argument("--jobs", type=count(1), default=1, help="cells in parallel (default 1)")
     p.add_argument("--metric", default="val_loss", help="the summary key compared (default val_loss)")
+    add_executor_args(p)
     p.set_defaults(func=cmd_ab)

@@ -58,3 +58,16 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 def add_set(p: argparse.ArgumentParser, help: str = "override one config value, e.g. --set model.n_layer=6 "
             "(repeatable)") -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def add_executor_args(p: argparse.ArgumentParser) -> None:
+    """--executor / --address / --shared-fs: where cells run (`gptlab lab run`, `gptlab ab`)."""
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: processes on this machine (--jobs); ray: each cell a Ray task reserving cores / "
+                   "--jobs CPUs, on a local Ray or the cluster at --address; the data and each finished cell's "
+                   "files travel through Ray (see --shared-fs); a cell whose worker dies is retried")
+    p.add_argument("--address", metavar="HOST:PORT", help="with --executor ray: a running Ray cluster "
+                   "(default: start one on this machine)")
+    p.add_argument("--shared-fs", action="store_true", help="with --executor ray: OUT is on a filesystem every "
+                   "node sees, so tasks read the data and write their cells there directly (and a retried cell "
+                   "resumes from its checkpoint on any node) instead of shipping them through Ray")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gptlab.commands.common import add_set, count
+from gptlab.commands.common import add_executor_args, add_set, count
 
 
 def cmd_lab(args: argparse.Namespace) -> None:
@@ -55,15 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", metavar="DIR", help="default: runs/lab/LESSON-PROFILE")
     q.add_argument("--jobs", type=count(1, 256), default=1, help="cells run in parallel processes, sharing the cores "
                    "(default 1)")
-    q.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: processes on this machine (--jobs); ray: each cell a Ray task reserving cores / "
-                   "--jobs CPUs, on a local Ray or the cluster at --address; the data and each finished cell's "
-                   "files travel through Ray (see --shared-fs); a cell whose worker dies is retried")
-    q.add_argument("--address", metavar="HOST:PORT", help="with --executor ray: a running Ray cluster "
-                   "(default: start one on this machine)")
-    q.add_argument("--shared-fs", action="store_true", help="with --executor ray: OUT is on a filesystem every "
-                   "node sees, so tasks read the data and write their cells there directly (and a retried cell "
-                   "resumes from its checkpoint on any node) instead of shipping them through Ray")
+    add_executor_args(q)
     q.add_argument("--seeds", type=count(2, 10**4), help="seeds per arm (default: the profile's)")
     add_set(q, "override a config value in every cell, e.g. --set train.max_steps=100")
     q.add_argument("--redo-changed", action="store_true", help="rerun cells whose saved config differs from "

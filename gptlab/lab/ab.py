@@ -7,6 +7,7 @@ one (finished cells are kept; rerunning the command continues) and runs arms in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -100,7 +101,8 @@ def verdict_text(state: dict) -> str:
 def run_ab(data_dir: str | Path, out: str | Path, base: dict[str, Any], a: dict[str, Any], b: dict[str, Any],
            margin: float = 0.01, alpha: float = 0.05, min_seeds: int = 5, max_seeds: int = 15, jobs: int = 1,
            metric: str = "val_loss", progress: bool | None = None,
-           say: Callable[[str], None] = print) -> dict[str, Any]:
+           say: Callable[[str], None] = print, executor: str = "local", address: str | None = None,
+           shared_fs: bool = False) -> dict[str, Any]:
     """Run the sequential A/B comparison into `out`; returns the state written to OUT/ab.json."""
     if not 2 <= min_seeds <= max_seeds:
         raise ConfigError(f"need 2 <= --min-seeds <= --max-seeds, got {min_seeds} and {max_seeds}")
@@ -113,8 +115,21 @@ def run_ab(data_dir: str | Path, out: str | Path, base: dict[str, Any], a: dict[
     c = boundary(min_seeds, max_seeds, alpha)
     state: dict[str, Any] = {"min_seeds": min_seeds, "max_seeds": max_seeds, "alpha": alpha, "margin": margin,
                              "boundary": c, "metric": metric, "a": a, "b": b, "looks": []}
+    session = contextlib.nullcontext()
+    if executor == "ray":  # one Ray session for every look, not one per look
+        from gptlab.lab.ray_executor import ray_session
+
+        session = ray_session(address)
+    with session:
+        return _looks(lesson, out, state, c, min_seeds, max_seeds, jobs, metric, margin, progress, say,
+                      executor, address, shared_fs)
+
+
+def _looks(lesson, out: Path, state: dict, c: float, min_seeds: int, max_seeds: int, jobs: int, metric: str,
+           margin: float, progress, say, executor: str, address: str | None, shared_fs: bool) -> dict[str, Any]:
     for n in range(min_seeds, max_seeds + 1):
-        run_lesson(lesson, PROFILE, out, jobs=jobs, seeds=n, report=False, progress=progress)
+        run_lesson(lesson, PROFILE, out, jobs=jobs, seeds=n, report=False, progress=progress, executor=executor,
+                   address=address, shared_fs=shared_fs)
         results = load_results(out)
         a_values, b_values = (results.by_seed("data", arm, metric) for arm in ("A", "B"))
         seeds = sorted(set(a_values) & set(b_values) & set(range(n)))

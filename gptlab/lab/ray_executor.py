@@ -15,6 +15,7 @@ Where the files go:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -22,7 +23,7 @@ import os
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from gptlab.errors import GptlabError
 
@@ -102,13 +103,17 @@ def _point_at_local_data(directory: Path, data_dir: Path) -> None:
         atomic_write_json(path, {**info, "data": str(data_dir.resolve())})
 
 
-def run_on_ray(todo: list, args_of: Callable, threads: int, address: str | None, finished: Callable, failures: list,
-               state_of: Callable, execute: Callable, out: Path | None = None, shared: bool = True) -> None:
-    """Run the `todo` cells as Ray tasks; `shared=False` ships data and cell files through Ray (see above)."""
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Ray connected for the block: to the cluster at `address`, or a local one started here (and stopped on the
+    way out). A session already open (a caller's, or a test's cluster) is used as it is."""
     try:
         import ray
     except ImportError:
         raise GptlabError(f"--executor ray needs Ray, which is not installed here; {INSTALL}") from None
+    if ray.is_initialized():
+        yield
+        return
     if address and ":" in address and "://" not in address:  # fail in seconds, not after Ray's long retries
         import socket
 
@@ -118,16 +123,25 @@ def run_on_ray(todo: list, args_of: Callable, threads: int, address: str | None,
         except (OSError, ValueError) as e:
             raise GptlabError(f"could not reach a Ray cluster at {address!r} ({e}); start one with `ray start "
                               "--head`, or leave --address out for a local one") from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     **({} if address else {"num_cpus": len(os.sched_getaffinity(0))}))
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise GptlabError(f"could not reach a Ray cluster at {address!r} ({str(e).splitlines()[0][:200]}); "
-                              "start one with `ray start --head`, or leave --address out for a local one") from None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 **({} if address else {"num_cpus": len(os.sched_getaffinity(0))}))
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise GptlabError(f"could not reach a Ray cluster at {address!r} ({str(e).splitlines()[0][:200]}); "
+                          "start one with `ray start --head`, or leave --address out for a local one") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_on_ray(todo: list, args_of: Callable, threads: int, address: str | None, finished: Callable, failures: list,
+               state_of: Callable, execute: Callable, out: Path | None = None, shared: bool = True) -> None:
+    """Run the `todo` cells as Ray tasks; `shared=False` ships data and cell files through Ray (see above)."""
+    with ray_session(address):
+        import ray
+
         if shared:
             task = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES)(run_cell_task)
             cells = {task.remote(args_of(c), threads, state_of, execute): c for c in todo}
@@ -161,6 +175,3 @@ def run_on_ray(todo: list, args_of: Callable, threads: int, address: str | None,
                     raise
                 failures.append((c.name, str(cause)))
                 finished(c, None)
-    finally:
-        if started_here:
-            ray.shutdown()

@@ -78,3 +78,14 @@ def test_ab_refuses_bad_input_in_one_line(char_data, tmp_path, capsys):
     assert ab(char_data, tmp_path / "x", "--b", "train.lr=1e-2", seeds=("5", "3")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and "no_such_key" in err[0] and "same settings" in err[1] and "--min-seeds" in err[2]
+
+
+@pytest.mark.slow
+def test_ab_on_ray_looks_like_ab_on_this_machine(char_data, tmp_path, monkeypatch):
+    """The same looks, differences and verdict with --executor ray (one Ray session over all looks)."""
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    assert ab(char_data, tmp_path / "local", "--b", "train.lr=3e-2", seeds=("2", "3")) == 0
+    assert ab(char_data, tmp_path / "ray", "--b", "train.lr=3e-2", "--executor", "ray", seeds=("2", "3")) == 0
+    local, ray_state = (json.loads((tmp_path / d / "ab.json").read_text())["looks"] for d in ("local", "ray"))
+    assert ray_state == local

@@ -32,6 +32,8 @@ class Lesson:
     # "No effect" must be shown: two one-sided tests against this margin (in the metric's units), stated before
     # the runs. 0.01 nats is about 1 % in perplexity, below what changes a sample a reader can see.
     equivalence_margin: float = 0.01
+    # The summary keys a scale profile reads each headline comparison on: (key, label); default the metric
+    scale_metrics: tuple[tuple[str, str], ...] = ()
     # More summary.json keys shown (mean over seeds) in the results table: (key, label, format)
     table_metrics: tuple[tuple[str, str, str], ...] = (("parameters", "parameters", "{:,.0f}"),
                                                        ("tokens_per_s", "tokens/s", "{:,.0f}"))

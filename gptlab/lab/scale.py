@@ -113,55 +113,64 @@ def points(results, a: str, b: str, metric: str, sizes: list[str], budgets: list
     return out
 
 
-def scale_blocks(results, pairs: list[tuple[str, str]], metric: str, metric_label: str, margin: float,
+def is_scale(results) -> bool:
+    """Whether `results` come from a scale profile (SIZE-BUDGET conditions)."""
+    return bool(results.meta.get("grid", {}).get("settings", {}).get("scale"))
+
+
+def scale_blocks(results, pairs: list[tuple[str, str]], metrics: list[tuple[str, str]], margin: float,
                  directory: Path) -> list[Block]:
-    scale = results.meta.get("grid", {}).get("settings", {}).get("scale")
-    if not scale:
+    """The section for a scale profile's report (nothing for other profiles); `metrics`: (summary key, label)
+    pairs, each headline comparison read on each."""
+    if not is_scale(results):
         return []
+    scale = results.meta["grid"]["settings"]["scale"]
     sizes, budgets = scale["sizes"], scale["budgets"]
     blocks = [Block("h2", "Effect versus scale"),
-              Block("p", f"Each headline difference (mean of b − a in {metric_label}, paired by seed, 95 % t CI) at "
+              Block("p", f"Each headline difference (mean of b − a in {' and '.join(l for _, l in metrics)}, paired "
+                         "by seed, 95 % t CI) at "
                          "every model size and training budget. Trend: the within-seed slope of the difference on "
                          "log2(parameters) at each budget, and on log2(tokens) at each size, with its 95 % CI. "
                          f"Words: flips (significant with opposite signs at the two ends); grows / shrinks (slope CI "
                          f"excludes 0; magnitude rises / falls); holds (slope within ±{margin:g} per doubling by "
                          "TOST); else inconclusive. These CIs are per comparison, not Holm-adjusted: read them as "
                          "the shape of the effect, and the Comparisons table for tests.")]
-    rows = [["comparison", "along", "at", "points", "slope per doubling (95 % CI)", "trend"]]
-    effect_rows = [["comparison", "size", "budget", "parameters", "tokens", "difference (95 % CI)", "seeds"]]
+    rows = [["comparison", "metric", "along", "at", "points", "slope per doubling (95 % CI)", "trend"]]
+    effect_rows = [["comparison", "metric", "size", "budget", "parameters", "tokens", "difference (95 % CI)", "seeds"]]
     largest = (0.0, 0.0)
     figure_pairs = []
-    for a, b in pairs:
-        pts = points(results, a, b, metric, sizes, budgets)
-        if not pts:
-            continue
-        figure_pairs.append((a, b, pts))
-        for p in pts:
-            low, high = p.ci()
-            effect_rows.append([f"{a} → {b}", p.size, p.budget, f"{p.parameters:,.0f}", f"{p.tokens:,.0f}",
-                                f"{p.mean:+.4f} ({low:+.4f} to {high:+.4f})", str(len(p.diffs))])
-            largest = (max(largest[0], p.parameters), max(largest[1], p.tokens))
-        for along, key, fixed in (("parameters", "budget", budgets), ("tokens", "size", sizes)):
-            for value in fixed:
-                line = sorted((p for p in pts if getattr(p, key) == value),
-                              key=lambda p: p.parameters if along == "parameters" else p.tokens)
-                if len(line) < 2:
-                    continue
-                t = fit(line, along)
-                rows.append([f"{a} → {b}", along, f"{key} {value}", str(len(line)),
-                             f"{t.slope:+.4f} ({t.ci_low:+.4f} to {t.ci_high:+.4f})", classify(line, t, margin)])
+    for metric, label in metrics:
+        for a, b in pairs:
+            pts = points(results, a, b, metric, sizes, budgets)
+            if not pts:
+                continue
+            figure_pairs.append((a, b, pts, label))
+            for p in pts:
+                low, high = p.ci()
+                effect_rows.append([f"{a} → {b}", label, p.size, p.budget, f"{p.parameters:,.0f}", f"{p.tokens:,.0f}",
+                                    f"{p.mean:+.4f} ({low:+.4f} to {high:+.4f})", str(len(p.diffs))])
+                largest = (max(largest[0], p.parameters), max(largest[1], p.tokens))
+            for along, key, fixed in (("parameters", "budget", budgets), ("tokens", "size", sizes)):
+                for value in fixed:
+                    line = sorted((p for p in pts if getattr(p, key) == value),
+                                  key=lambda p: p.parameters if along == "parameters" else p.tokens)
+                    if len(line) < 2:
+                        continue
+                    t = fit(line, along)
+                    rows.append([f"{a} → {b}", label, along, f"{key} {value}", str(len(line)),
+                                 f"{t.slope:+.4f} ({t.ci_low:+.4f} to {t.ci_high:+.4f})", classify(line, t, margin)])
     blocks += [Block("table", items=effect_rows), Block("table", items=rows),
                Block("p", f"Largest scale measured: {largest[0]:,.0f} parameters, {largest[1]:,.0f} training tokens. "
                           "What holds here may not hold beyond it.")]
     if figure_pairs:
-        plot_scale(figure_pairs, sizes, budgets, metric_label, directory / "scale.png")
+        plot_scale(figure_pairs, sizes, budgets, directory / "scale.png")
         blocks.append(Block("img", "scale.png", items=["effect against parameters and tokens"]))
     return blocks
 
 
-def plot_scale(pairs, sizes: list[str], budgets: list[str], metric_label: str, path: Path) -> None:
+def plot_scale(pairs, sizes: list[str], budgets: list[str], path: Path) -> None:
     fig, axes = plt.subplots(len(pairs), 2, figsize=(10, 3.2 * len(pairs)), dpi=110, squeeze=False)
-    for row, (a, b, pts) in enumerate(pairs):
+    for row, (a, b, pts, metric_label) in enumerate(pairs):
         for col, (along, key, fixed) in enumerate((("parameters", "budget", budgets), ("tokens", "size", sizes))):
             ax = axes[row][col]
             for value in fixed:
@@ -177,7 +186,7 @@ def plot_scale(pairs, sizes: list[str], budgets: list[str], metric_label: str, p
             ax.set_xscale("log", base=2)
             ax.set_xlabel(along)
             ax.set_ylabel(f"Δ {metric_label}")
-            ax.set_title(f"{a} → {b} against {along}", fontsize=9)
+            ax.set_title(f"{a} → {b} ({metric_label}) against {along}", fontsize=9)
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
     write_figure(fig, path)

@@ -56,3 +56,23 @@ def test_a_scale_profile_reports_the_effect_against_parameters_and_tokens(tmp_pa
     assert "## Effect versus scale" in md and "Largest scale measured" in md
     assert "| tied → untied | parameters | budget 8 | 2 |" in md
     assert (out / "scale.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name", ["positions", "stability", "tying"])
+def test_each_scale_profile_spans_8x_in_parameters_3_sizes_and_budgets_4x_apart(name):
+    from gptlab.config import RunConfig, apply_overrides
+    from gptlab.lab.grid import as_overrides
+    from gptlab.lab.lessons import get_lesson
+    from gptlab.lab.lessons.tying import parameters
+
+    grid = get_lesson(name).profiles()["scale"]
+    scale = grid.settings["scale"]
+    assert len(scale["sizes"]) >= 3 and len(grid.seeds) >= 5
+    vocab = 2048 if name == "tying" else 85
+    counts, steps = [], []
+    for c in grid.conditions:
+        cfg = apply_overrides(RunConfig(), as_overrides(grid.base) + as_overrides(c.overrides)
+                              + [f"model.vocab_size={vocab}"])
+        counts.append(parameters(cfg))
+        steps.append(cfg.train.max_steps)
+    assert max(counts) >= 8 * min(counts) and max(steps) >= 4 * min(steps)

@@ -22,6 +22,7 @@ from gptlab.lab import stats
 from gptlab.data import TokenData
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant
 from gptlab.lab.lesson import Lesson
+from gptlab.lab.scale import is_scale, scale_conditions, scale_settings
 from gptlab.model import GPT
 from gptlab.train.checkpoint import model_state
 from gptlab.train.loop import Trainer
@@ -47,7 +48,17 @@ QUICK_BASE = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.
               "train.log_every": 5}
 # Windows per length, at fixed places spread over the validation split: the same target tokens for every scheme,
 # seed and length (full: 512 windows × 64 targets = 32,768 scored tokens per reading and length).
-EVAL_WINDOWS = {"quick": 32, "full": 512}
+EVAL_WINDOWS = {"quick": 32, "full": 512, "scale": 256}
+# Effect versus scale of the headline schemes (RoPE, ALiBi, sinusoidal), in and beyond the training length: 3 sizes
+# over ~32x in parameters, budgets 4x apart.
+SCALE_SCHEMES = ("rope", "alibi", "sinusoidal")
+SCALE_SIZES = {"xs": {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32},
+               "s": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 64},
+               "m": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128}}
+SCALE_BUDGETS = {"150": 150, "600": 600}
+QUICK_SCALE_SIZES = {"xxs": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16},
+                     "xs": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32}}
+QUICK_SCALE_BUDGETS = {"10": 10, "40": 40}
 # The sinusoidal table's setting, chosen by the ablation `gptlab lab run positions --profile sinusoid-ablation`
 # at the full profile's settings and budget (3 seeds, loss at 1× on the same 512 windows; Intel Xeon, 2 cores):
 # init 2.087, transformer (embeddings × √d + unit table) 2.092 (+0.005, p 0.81), learned gain 1.996 (−0.091,
@@ -94,6 +105,7 @@ class PositionsLesson(Lesson):
                 "embeddings' init scale, the original Transformer's √d recipe, or a learned gain).")
     metric = "loss_1x"  # same-target loss at the training length: one evaluation for every arm
     metric_label = "loss at 1×"
+    scale_metrics = (("loss_1x", "loss at 1×"), ("loss_4x", "loss at 4×"))
     table_metrics = (("parameters", "parameters", "{:,.0f}"), ("val_loss", "val loss (training's)", "{:.4f}"),
                      ("loss_2x", "loss 2×", "{:.4f}"),
                      ("loss_4x", "loss 4×", "{:.4f}"), ("loss_8x", "loss 8×", "{:.4f}"))
@@ -116,6 +128,15 @@ class PositionsLesson(Lesson):
             # which sinusoidal setting is fair, decided at the full profile's settings and budget
             "sinusoid-ablation": Grid((full,), ablation, ABLATION_SEEDS, FULL_BASE,
                                       settings={"eval_windows": EVAL_WINDOWS["full"]}),
+            "scale": Grid(scale_conditions(full.dataset, SCALE_SIZES, SCALE_BUDGETS),
+                          tuple(v for v in variants if v.name in SCALE_SCHEMES), tuple(range(5)), FULL_BASE,
+                          settings={"eval_windows": EVAL_WINDOWS["scale"],
+                                    **scale_settings(SCALE_SIZES, SCALE_BUDGETS)}),
+            "scale-quick": Grid(scale_conditions(Dataset("shakespeare-poems", "char"), QUICK_SCALE_SIZES,
+                                                 QUICK_SCALE_BUDGETS),
+                                tuple(v for v in variants if v.name in SCALE_SCHEMES), (0, 1), QUICK_BASE,
+                                settings={"eval_windows": EVAL_WINDOWS["quick"],
+                                          **scale_settings(QUICK_SCALE_SIZES, QUICK_SCALE_BUDGETS)}),
         }
 
     def comparisons(self) -> list[tuple[str, str]]:
@@ -173,7 +194,7 @@ class PositionsLesson(Lesson):
         from gptlab.lab.lessons.positions_plots import plot_lengths, plot_positions
 
         table = reading_table(results)
-        if not table:
+        if not table or is_scale(results):  # a scale profile's readings mix sizes: its own section reads them
             return []
         plot_lengths(results, table, directory / "loss_vs_length.png", MULTIPLES)
         plot_positions(results, directory / "per_position.png")
@@ -196,7 +217,7 @@ class PositionsLesson(Lesson):
 
     def discussion(self, results) -> list[str]:
         table = reading_table(results)
-        if not table:
+        if not table or is_scale(results):
             return []
         text = []
         at_1 = {r: v["1x"] for r, v in table.items() if v["1x"]}

@@ -11,10 +11,12 @@ def lessons() -> dict[str, Lesson]:
     from gptlab.lab.lessons.lora_rank import LoraRankLesson
     from gptlab.lab.lessons.positions import PositionsLesson
     from gptlab.lab.lessons.quantization import QuantizationLesson
+    from gptlab.lab.lessons.speedrun import SpeedrunLesson
     from gptlab.lab.lessons.stability import StabilityLesson
     from gptlab.lab.lessons.tying import TyingLesson
 
-    found = [EfficiencyLesson(), LoraRankLesson(), PositionsLesson(), QuantizationLesson(), StabilityLesson(), TyingLesson()]
+    found = [EfficiencyLesson(), LoraRankLesson(), PositionsLesson(), QuantizationLesson(), StabilityLesson(), TyingLesson(),
+             SpeedrunLesson()]
     return {lesson.name: lesson for lesson in found}
 
 

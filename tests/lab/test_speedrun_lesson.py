@@ -1,0 +1,34 @@
+"""Lesson 7 (the speedrun tricks): the arms, the target crossing, and the quick profile end to end."""
+
+from __future__ import annotations
+
+import pytest
+
+from gptlab.cli import main
+from gptlab.lab.lessons.speedrun import FULL_RECIPE, REFERENCE, TRICKS, crossing, variants
+
+
+def test_the_arms_are_the_reference_each_trick_alone_all_and_leave_one_out():
+    arms = {v.name: v.overrides for v in variants(TRICKS)}
+    assert len(arms) == 2 * len(TRICKS) + 2 and arms[REFERENCE] == {}
+    everything = {k: v for o in TRICKS.values() for k, v in o.items()}
+    assert arms[FULL_RECIPE] == everything
+    for name, overrides in TRICKS.items():
+        assert arms[f"+{name}"] == overrides
+        assert set(arms[f"full-{name}"]) == set(everything) - set(overrides)
+
+
+def test_the_crossing_is_interpolated_between_the_evaluations_around_it():
+    curve = [[100, 1000, 1.0, 2.0], [200, 2000, 2.0, 1.5], [300, 3000, 3.0, 1.0]]
+    assert crossing(curve, 1.75) == pytest.approx((1500.0, 1.5))
+    assert crossing(curve, 2.5) == (1000.0, 1.0)  # already below at the first evaluation
+    assert crossing(curve, 0.5) is None
+
+
+@pytest.mark.slow
+def test_quick_speedrun_lesson(tmp_path):
+    out = tmp_path / "speedrun"
+    assert main(["lab", "run", "speedrun", "--profile", "quick", "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "## Time to target" in md and "| reference | 2/2 |" in md  # every reference seed reaches the target
+    assert "## What the literature reports" in md and "arXiv:2502.16982" in md

@@ -34,6 +34,15 @@ from gptlab.lab.grid import Condition, Dataset  # noqa: E402
 from gptlab.lab.plots import write_figure  # noqa: E402
 
 
+# The model sizes the lessons' scale profiles share: ~25k to ~800k parameters in the blocks (a char vocabulary adds
+# little; a BPE one adds V × d), and two one-layer shapes to try a profile in seconds.
+SIZES = {"xs": {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32},
+         "s": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 64},
+         "m": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128}}
+QUICK_SIZES = {"xxs": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16},
+               "xs": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32}}
+
+
 def scale_conditions(dataset: Dataset, sizes: dict[str, dict[str, Any]], budgets: dict[str, int],
                      warmup_fraction: float = 0.1) -> tuple[Condition, ...]:
     """SIZE-BUDGET conditions: each size's model overrides at each budget of optimizer steps (warmup, evaluation

@@ -22,7 +22,7 @@ from gptlab.lab import stats
 from gptlab.data import TokenData
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant
 from gptlab.lab.lesson import Lesson
-from gptlab.lab.scale import is_scale, scale_conditions, scale_settings
+from gptlab.lab.scale import QUICK_SIZES, SIZES, is_scale, scale_conditions, scale_settings
 from gptlab.model import GPT
 from gptlab.train.checkpoint import model_state
 from gptlab.train.loop import Trainer
@@ -52,12 +52,7 @@ EVAL_WINDOWS = {"quick": 32, "full": 512, "scale": 256}
 # Effect versus scale of the headline schemes (RoPE, ALiBi, sinusoidal), in and beyond the training length: 3 sizes
 # over ~32x in parameters, budgets 4x apart.
 SCALE_SCHEMES = ("rope", "alibi", "sinusoidal")
-SCALE_SIZES = {"xs": {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32},
-               "s": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 64},
-               "m": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128}}
 SCALE_BUDGETS = {"150": 150, "600": 600}
-QUICK_SCALE_SIZES = {"xxs": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16},
-                     "xs": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32}}
 QUICK_SCALE_BUDGETS = {"10": 10, "40": 40}
 # The sinusoidal table's setting, chosen by the ablation `gptlab lab run positions --profile sinusoid-ablation`
 # at the full profile's settings and budget (3 seeds, loss at 1× on the same 512 windows; Intel Xeon, 2 cores):
@@ -128,15 +123,15 @@ class PositionsLesson(Lesson):
             # which sinusoidal setting is fair, decided at the full profile's settings and budget
             "sinusoid-ablation": Grid((full,), ablation, ABLATION_SEEDS, FULL_BASE,
                                       settings={"eval_windows": EVAL_WINDOWS["full"]}),
-            "scale": Grid(scale_conditions(full.dataset, SCALE_SIZES, SCALE_BUDGETS),
+            "scale": Grid(scale_conditions(full.dataset, SIZES, SCALE_BUDGETS),
                           tuple(v for v in variants if v.name in SCALE_SCHEMES), tuple(range(5)), FULL_BASE,
                           settings={"eval_windows": EVAL_WINDOWS["scale"],
-                                    **scale_settings(SCALE_SIZES, SCALE_BUDGETS)}),
-            "scale-quick": Grid(scale_conditions(Dataset("shakespeare-poems", "char"), QUICK_SCALE_SIZES,
+                                    **scale_settings(SIZES, SCALE_BUDGETS)}),
+            "scale-quick": Grid(scale_conditions(Dataset("shakespeare-poems", "char"), QUICK_SIZES,
                                                  QUICK_SCALE_BUDGETS),
                                 tuple(v for v in variants if v.name in SCALE_SCHEMES), (0, 1), QUICK_BASE,
                                 settings={"eval_windows": EVAL_WINDOWS["quick"],
-                                          **scale_settings(QUICK_SCALE_SIZES, QUICK_SCALE_BUDGETS)}),
+                                          **scale_settings(QUICK_SIZES, QUICK_SCALE_BUDGETS)}),
         }
 
     def comparisons(self) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ from gptlab.data import TokenData
 from gptlab.lab import stats
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant
 from gptlab.lab.lesson import Lesson
-from gptlab.lab.scale import scale_conditions, scale_settings
+from gptlab.lab.scale import QUICK_SIZES, SIZES, scale_conditions, scale_settings
 from gptlab.train.loop import NonFiniteStep, Trainer
 
 BASELINE = "baseline"
@@ -44,12 +44,7 @@ QUICK_LRS = (3e-3, 3e-1)
 # Effect versus scale of the headline (QK-norm against the baseline at a high learning rate, where attention
 # logits grow): 3 sizes over ~28x in parameters, budgets 4x apart.
 SCALE_LR = 3e-2
-SCALE_SIZES = {"xs": {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32},
-               "s": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 64},
-               "m": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128}}
 SCALE_BUDGETS = {"150": 150, "600": 600}
-QUICK_SCALE_SIZES = {"xxs": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16},
-                     "xs": {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32}}
 QUICK_SCALE_BUDGETS = {"8": 8, "32": 32}
 SCALE_VARIANTS = tuple(v for v in VARIANTS if v.name in (BASELINE, "qk-norm"))
 
@@ -86,11 +81,11 @@ class StabilityLesson(Lesson):
         high = {"train.lr": SCALE_LR, "train.min_lr": SCALE_LR / 10}
         return {"quick": Grid(tuple(lr_condition(lr, quick_data) for lr in QUICK_LRS), VARIANTS, (0, 1), QUICK),
                 "full": Grid(tuple(lr_condition(lr, full_data) for lr in FULL_LRS), VARIANTS, tuple(range(5)), FULL),
-                "scale": Grid(scale_conditions(full_data, SCALE_SIZES, SCALE_BUDGETS), SCALE_VARIANTS,
-                              tuple(range(5)), {**FULL, **high}, settings=scale_settings(SCALE_SIZES, SCALE_BUDGETS)),
-                "scale-quick": Grid(scale_conditions(quick_data, QUICK_SCALE_SIZES, QUICK_SCALE_BUDGETS),
+                "scale": Grid(scale_conditions(full_data, SIZES, SCALE_BUDGETS), SCALE_VARIANTS,
+                              tuple(range(5)), {**FULL, **high}, settings=scale_settings(SIZES, SCALE_BUDGETS)),
+                "scale-quick": Grid(scale_conditions(quick_data, QUICK_SIZES, QUICK_SCALE_BUDGETS),
                                     SCALE_VARIANTS, (0, 1), {**QUICK, **high},
-                                    settings=scale_settings(QUICK_SCALE_SIZES, QUICK_SCALE_BUDGETS))}
+                                    settings=scale_settings(QUICK_SIZES, QUICK_SCALE_BUDGETS))}
 
     def comparisons(self) -> list[tuple[str, str]]:
         return [(BASELINE, v.name) for v in VARIANTS if v.name != BASELINE]

@@ -16,7 +16,7 @@ from gptlab.config import RunConfig
 from gptlab.lab import stats
 from gptlab.lab.grid import Condition, Dataset, Grid, Variant
 from gptlab.lab.lesson import Lesson
-from gptlab.lab.scale import scale_conditions, scale_settings
+from gptlab.lab import scale
 from gptlab.model import GPT, count_parameters
 
 VARIANTS = (
@@ -38,12 +38,7 @@ SIZES = {"small": {"model.n_layer": 2, "model.n_head": 4, "model.n_embd": 64},
          "medium": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128}}
 # Effect versus scale, on a BPE vocabulary (the question is about real-sized vocabularies): 11× in parameters
 # (~90k to ~1.05M with bpe2k), budgets 4× apart. -quick: to try the profile in seconds.
-SCALE_SIZES = {"xs": {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32},
-               "s": {"model.n_layer": 2, "model.n_head": 4, "model.n_embd": 64},
-               "m": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128}}
 SCALE_BUDGETS = {"200": 200, "800": 800}
-QUICK_SCALE_SIZES = {"xxs": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16},
-                     "xs": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32}}
 QUICK_SCALE_BUDGETS = {"8": 8, "32": 32}
 VOCABS = {"char": Dataset("shakespeare", "char"), "bpe2k": Dataset("shakespeare", "bpe", 2048),
           "bpe8k": Dataset("shakespeare", "bpe", 8192)}
@@ -81,14 +76,14 @@ class TyingLesson(Lesson):
         quick_data = {"char": Dataset("shakespeare-poems", "char"), "bpe512": Dataset("shakespeare-poems", "bpe", 512)}
         quick = tuple(Condition(f"{vocab}-tiny", dataset, {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32})
                       for vocab, dataset in quick_data.items())
-        scale = scale_conditions(VOCABS["bpe2k"], SCALE_SIZES, SCALE_BUDGETS)
-        quick_scale = scale_conditions(quick_data["bpe512"], QUICK_SCALE_SIZES, QUICK_SCALE_BUDGETS)
+        by_size = scale.scale_conditions(VOCABS["bpe2k"], scale.SIZES, SCALE_BUDGETS)
+        quick_by_size = scale.scale_conditions(quick_data["bpe512"], scale.QUICK_SIZES, QUICK_SCALE_BUDGETS)
         return {"quick": Grid(quick, VARIANTS, (0, 1), QUICK_BASE),
                 "full": Grid(full, VARIANTS, tuple(range(5)), FULL_BASE),
-                "scale": Grid(scale, VARIANTS, tuple(range(5)), FULL_BASE,
-                              settings=scale_settings(SCALE_SIZES, SCALE_BUDGETS)),
-                "scale-quick": Grid(quick_scale, VARIANTS, (0, 1, 2), QUICK_BASE,
-                                    settings=scale_settings(QUICK_SCALE_SIZES, QUICK_SCALE_BUDGETS))}
+                "scale": Grid(by_size, VARIANTS, tuple(range(5)), FULL_BASE,
+                              settings=scale.scale_settings(scale.SIZES, SCALE_BUDGETS)),
+                "scale-quick": Grid(quick_by_size, VARIANTS, (0, 1, 2), QUICK_BASE,
+                                    settings=scale.scale_settings(scale.QUICK_SIZES, QUICK_SCALE_BUDGETS))}
 
     def comparisons(self) -> list[tuple[str, str]]:
         return [("tied", "untied"), ("tied", "untied-matched")]

@@ -103,22 +103,28 @@ def verdict_of(c: stats.Comparison, expect: str) -> str:
 
 
 def measure(citations: list[Citation], results, margin: float) -> dict[str, stats.Comparison]:
-    """key -> the Holm-adjusted comparison of each citation whose arms this run has (one family)."""
-    keys, raw = [], []
+    """key -> the Holm-adjusted comparison of each citation whose arms this run has. One family of the distinct
+    comparisons: two papers read on the same arms (one finding a help, one a harm) share one test."""
+    tested: dict[tuple, stats.Comparison] = {}
+    keys: dict[str, tuple] = {}
     for cit in citations:
         cl = cit.claim
         if cl is None:
             continue
         where = cl.where(results)
-        a = _by_seed(results, where, cl.a, cl.metric)
-        if cl.b is None:  # a's values against zero: the paired difference of a from 0 per seed
-            a, b, names = {s: 0.0 for s in a}, a, ("0", cl.a)
-        else:
-            b, names = _by_seed(results, where, cl.b, cl.metric), (cl.a, cl.b)
-        if len(a) >= 2 and len(b) >= 2:
-            keys.append(cit.key)
-            raw.append(stats.compare_by_seed(a, b, *names, margin))
-    return dict(zip(keys, stats.adjust(raw)))
+        identity = (where, cl.a, cl.b, cl.metric)
+        if identity not in tested:
+            a = _by_seed(results, where, cl.a, cl.metric)
+            if cl.b is None:  # a's values against zero: the paired difference of a from 0 per seed
+                a, b, names = {s: 0.0 for s in a}, a, ("0", cl.a)
+            else:
+                b, names = _by_seed(results, where, cl.b, cl.metric), (cl.a, cl.b)
+            if len(a) < 2 or len(b) < 2:
+                continue
+            tested[identity] = stats.compare_by_seed(a, b, *names, margin)
+        keys[cit.key] = identity
+    adjusted = dict(zip(tested, stats.adjust(list(tested.values()))))
+    return {key: adjusted[identity] for key, identity in keys.items()}
 
 
 def literature_blocks(lesson: str, results, margin: float) -> list[Block]:
@@ -151,8 +157,8 @@ def literature_blocks(lesson: str, results, margin: float) -> list[Block]:
                          "verdict is computed from these runs: agrees / disagrees when the difference is significant "
                          "(Holm, one family of the rows below) in the paper's direction or against it; for a paper "
                          f"that found no difference, agrees only when TOST shows equivalence within ±{margin:g}. "
-                         "Agreement is about direction: effect sizes depend on model size, data and budget, and these "
-                         "models are far smaller than the papers'."),
+                         "Papers read on the same arms share one test. Agreement is about direction: effect sizes "
+                         "depend on model size, data and budget, and these models are far smaller than the papers'."),
               Block("table", items=rows)]
     if notes:
         blocks.append(Block("p", "Why the disagreements may arise: " + " ".join(notes)))

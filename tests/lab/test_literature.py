@@ -84,3 +84,21 @@ def test_the_section_renders_measured_rows_and_says_when_arms_did_not_run():
     row = next(line for line in md.splitlines() if "ctx16: rope → alibi (loss_4x" in line)
     assert "-0.3000" in row and row.rstrip(" |").endswith("agrees")
     assert "not comparable in this run (the arms did not run)" in md  # e.g. the fine-tuned extension arms
+
+
+def test_two_papers_read_on_the_same_arms_share_one_test():
+    rng = np.random.default_rng(2)
+    base = 2.0 + rng.normal(0, 0.01, 5)
+    results = FakeResults({("ctx64", "rope"): list(base), ("ctx64", "alibi"): list(base - 0.3),
+                           ("ctx64", "sinusoidal"): list(base + 0.01 * rng.normal(size=5))})
+    cite = dict(authors="x", year=2020, title="t", arxiv="1", where="w", setup="s", published="p")
+    claim = dict(condition="ctx64", a="rope", metric="loss_4x")
+    citations = [literature._citation({**cite, "key": "k1", "claim": {**claim, "b": "alibi", "expect": "lower"}}, "f"),
+                 literature._citation({**cite, "key": "k2", "claim": {**claim, "b": "alibi", "expect": "higher"}}, "f"),
+                 literature._citation({**cite, "key": "k3", "claim": {**claim, "b": "sinusoidal", "expect": "same"}}, "f")]
+    measured = literature.measure(citations, results, 0.01)
+    assert measured["k1"] is measured["k2"]  # one test, read both ways
+    single = stats.compare_by_seed(dict(enumerate(base)), dict(enumerate(base - 0.3)), "rope", "alibi", 0.01)
+    assert measured["k1"].p_adjusted == pytest.approx(min(1.0, 2 * single.p))  # a family of 2 distinct tests, not 3
+    assert literature.verdict_of(measured["k1"], "lower") == "agrees"
+    assert literature.verdict_of(measured["k2"], "higher") == "disagrees"

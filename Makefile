@@ -23,7 +23,7 @@ quickstart: install
 	$(BIN)/gptlab quickstart
 
 test: install
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q --durations=15
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -54,7 +54,7 @@ def test_a_scale_profile_reports_the_effect_against_parameters_and_tokens(tmp_pa
     assert main(["lab", "run", "tying", "--profile", "scale-quick", "--seeds", "2", "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
     assert "## Effect versus scale" in md and "Largest scale measured" in md
-    assert "| tied → untied | parameters | budget 8 | 2 |" in md
+    assert "| tied → untied | val loss | parameters | budget 8 | 2 |" in md
     assert (out / "scale.png").read_bytes()[:4] == b"\x89PNG"
 
 

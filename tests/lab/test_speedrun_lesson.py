@@ -28,7 +28,7 @@ def test_the_crossing_is_interpolated_between_the_evaluations_around_it():
 @pytest.mark.slow
 def test_quick_speedrun_lesson(tmp_path):
     out = tmp_path / "speedrun"
-    assert main(["lab", "run", "speedrun", "--profile", "quick", "--out", str(out)]) == 0
+    assert main(["lab", "run", "speedrun", "--profile", "quick", "--set", "train.max_steps=20", "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
     assert "## Time to target" in md and "| reference | 2/2 |" in md  # every reference seed reaches the target
     assert "## What the literature reports" in md and "arXiv:2502.16982" in md

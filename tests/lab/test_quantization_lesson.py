@@ -1,7 +1,7 @@
 """Lesson 4 (quantization): the quick profile end to end: PTQ cells, QAT cells, the broken STE caught."""
 
 from gptlab.cli import main
-from gptlab.lab.lessons.quantization import (BITS, CLIP_CHOICES, PTQ, QAT, QAT_ARMS, QAT_BITS, SELECTION_SEEDS,
+from gptlab.lab.lessons.quantization import (BITS, QUICK_CLIP_CHOICES, PTQ, QAT, QAT_ARMS, QAT_BITS, SELECTION_SEEDS,
                                            QuantizationLesson, chosen_clips)
 from gptlab.lab.results import load_results
 
@@ -32,13 +32,13 @@ def test_clip_selection_chooses_each_arms_clip_on_seeds_the_lesson_never_uses(tm
     out = tmp_path / "clips"
     assert main(["lab", "run", "quantization", "--profile", "clip-selection-quick", "--out", str(out)]) == 0
     results = load_results(out)
-    assert len(results.cells) == len(SELECTION_SEEDS) * len(QAT_BITS) * len(QAT_ARMS) * len(CLIP_CHOICES)
+    assert len(results.cells) == len(SELECTION_SEEDS) * len(QAT_BITS) * len(QAT_ARMS) * len(QUICK_CLIP_CHOICES)
     assert not set(SELECTION_SEEDS) & set(QuantizationLesson().profiles()["full"].seeds)
     chosen = chosen_clips(results)
     assert set(chosen) == set(QAT_ARMS)
     for arm, (best, means) in chosen.items():  # the chosen clip is the lowest mean over bits and seeds
         values = {c: [v for b in QAT_BITS for v in results.values(f"w{b}", f"{arm}-clip{c:g}", "loss_increase")]
-                  for c in CLIP_CHOICES}
+                  for c in QUICK_CLIP_CHOICES}
         assert best == min(values, key=lambda c: sum(values[c]) / len(values[c]))
         assert means[best] == min(means.values())
     by = {(c.condition, c.variant, c.seed): c.summary for c in results.cells}  # the clip reached the quantizer

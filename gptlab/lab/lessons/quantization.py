@@ -73,7 +73,14 @@ def qat_variant(arm: str, clip: float, name: str | None = None) -> Variant:
 QAT = tuple(qat_variant(arm, BEST_CLIP[arm]) for arm in QAT_ARMS) + (
     Variant("qat-broken", {"quant.qat": "broken", "quant.clip_ratio": BROKEN_CLIP, "quant.dead_gradient": "record"},
             f"QAT with the gradient through round() left at zero (a deliberate bug); clip {BROKEN_CLIP:g}"),)
-CLIP_SELECTION = tuple(qat_variant(arm, clip, f"{arm}-clip{clip:g}") for arm in QAT_ARMS for clip in CLIP_CHOICES)
+QUICK_CLIP_CHOICES = (0.6, 0.8, 1.0)  # -quick tries the selection, with both ends and the middle of the set
+
+
+def clip_variants(choices: tuple[float, ...]) -> tuple[Variant, ...]:
+    return tuple(qat_variant(arm, clip, f"{arm}-clip{clip:g}") for arm in QAT_ARMS for clip in choices)
+
+
+CLIP_SELECTION = clip_variants(CLIP_CHOICES)
 TRAINED = {v.name for v in QAT + CLIP_SELECTION}  # cells that train before they quantize
 WEIGHT_ONLY = ("tensor", "channel", "group32")
 DECODE_TOKENS = 64
@@ -124,8 +131,9 @@ class QuantizationLesson(Lesson):
         grids = {name: Grid(conditions, PTQ + QAT, tuple(range(p["seeds"])), base(p), exclude, settings=p)
                  for name, p in PROFILES.items()}
         # each arm's clip, chosen at a profile's settings on seeds it never uses (-quick: to try the selection)
-        for name, source in (("clip-selection", "full"), ("clip-selection-quick", "quick")):
-            grids[name] = Grid(qat_conditions, CLIP_SELECTION, SELECTION_SEEDS, base(PROFILES[source]),
+        for name, source, choices in (("clip-selection", "full", CLIP_CHOICES),
+                                      ("clip-selection-quick", "quick", QUICK_CLIP_CHOICES)):
+            grids[name] = Grid(qat_conditions, clip_variants(choices), SELECTION_SEEDS, base(PROFILES[source]),
                                settings=PROFILES[source])
         return grids
 

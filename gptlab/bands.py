@@ -80,13 +80,18 @@ def fingerprint(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_identity(run_dir: str | Path) -> dict[str, Any]:
+def _read_run(run_dir: str | Path) -> tuple[RunConfig, dict[str, Any]]:
+    """A run's config (defaults filled in for keys added since) and its curve identity."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "run.json").is_file():
         raise ConfigError(f"{run_dir} is not a gptlab run (no config.yaml and run.json); give a run directory")
-    cfg = from_dict(RunConfig, load_yaml(run_dir / "config.yaml"))  # defaults filled in for keys added since
+    cfg = from_dict(RunConfig, load_yaml(run_dir / "config.yaml"))
     info = json.loads((run_dir / "run.json").read_text())
-    return curve_identity(cfg, info.get("tokenizer", ""), info.get("tokens_sha256"))
+    return cfg, curve_identity(cfg, info.get("tokenizer", ""), info.get("tokens_sha256"))
+
+
+def run_identity(run_dir: str | Path) -> dict[str, Any]:
+    return _read_run(run_dir)[1]
 
 
 def val_curve(run_dir: str | Path) -> list[tuple[int, float]]:
@@ -100,14 +105,15 @@ def build_band(name: str, title: str, run_dirs: list[str | Path], command: str, 
     """The band of `run_dirs`: one config, distinct seeds, at least MIN_SEEDS; the steps every run evaluated."""
     if len(run_dirs) < MIN_SEEDS:
         raise ConfigError(f"a band needs at least {MIN_SEEDS} runs (seeds), got {len(run_dirs)}; train more seeds")
-    identities = [run_identity(d) for d in run_dirs]
+    runs = [_read_run(d) for d in run_dirs]  # each run's files read once
+    identities = [identity for _, identity in runs]
     first = identities[0]
     for d, ident in zip(run_dirs[1:], identities[1:]):
         if fingerprint(ident) != fingerprint(first):
             key = next(k for k in sorted(set(first) | set(ident)) if first.get(k) != ident.get(k))
             raise ConfigError(f"{d} differs from {run_dirs[0]} in {key} ({ident.get(key)!r} vs {first.get(key)!r}); "
                               "a band is made of runs of one config")
-    seeds = [int(from_dict(RunConfig, load_yaml(Path(d) / "config.yaml")).train.seed) for d in run_dirs]
+    seeds = [int(cfg.train.seed) for cfg, _ in runs]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"the runs repeat a seed ({sorted(seeds)}); a band spreads over distinct seeds")
     curves = [dict(val_curve(d)) for d in run_dirs]

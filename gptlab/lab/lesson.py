@@ -57,6 +57,11 @@ class Lesson:
         """(baseline variant, other variant) pairs, each tested within every condition."""
         raise NotImplementedError
 
+    def scale_comparisons(self) -> list[tuple[str | None, str]]:
+        """The headline pairs a scale profile's report follows across sizes and budgets; a None baseline follows
+        the other variant's own value (an effect already measured inside each cell). Default: `comparisons`."""
+        return self.comparisons()
+
     # -- running cells ----------------------------------------------------------------------------------------
     def prepare_data(self, workdir: Path, grid: Grid) -> dict[str, Path]:
         """Tokenize each dataset the grid uses once, into WORKDIR/data/KEY (kept across reruns)."""
@@ -96,9 +101,10 @@ class Lesson:
         return []
 
 
-def base_dir(workdir: Path, seed: int) -> Path:
-    """Where a lesson keeps the shared base run of one seed (cells of that seed start from it)."""
-    return workdir / "base" / f"seed{seed}"
+def base_dir(workdir: Path, seed: int, key: str = "") -> Path:
+    """Where a lesson keeps the shared base run of one seed (cells of that seed start from it); `key` names one
+    of several base models per seed (a scale profile's model size, for example)."""
+    return workdir / "base" / key / f"seed{seed}" if key else workdir / "base" / f"seed{seed}"
 
 
 def ensure_trained(directory: Path, data_dir: Path, cfg: RunConfig, message: str) -> Path:
@@ -114,6 +120,16 @@ def ensure_trained(directory: Path, data_dir: Path, cfg: RunConfig, message: str
         print(message, flush=True)
         train(data_dir, directory, cfg)
     return directory
+
+
+def trained_tokens(directory: Path) -> int:
+    """Training tokens a shared run has seen up to its last checkpoint (its step × tokens per step)."""
+    from gptlab.rundir import load_run_config
+    from gptlab.train.checkpoint import load_checkpoint
+
+    cfg = load_run_config(directory)
+    step = load_checkpoint(directory, "last", with_state=False).step
+    return step * cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
 
 
 def _prepared(path: Path, dataset: Dataset) -> bool:

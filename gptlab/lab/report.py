@@ -174,7 +174,7 @@ def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
     if discussion:
         blocks.append(Block("h2", "Reading the results"))
         blocks += [Block("p", text) for text in discussion]
-    blocks += scale_blocks(results, lesson.comparisons(), list(lesson.scale_metrics) or [(lesson.metric,
+    blocks += scale_blocks(results, lesson.scale_comparisons(), list(lesson.scale_metrics) or [(lesson.metric,
                            lesson.metric_label)], lesson.equivalence_margin, results.directory)
     blocks += literature_blocks(lesson.name, results, lesson.equivalence_margin)
     return blocks + plot_blocks(lesson) + lesson.extra_blocks(results, results.directory)

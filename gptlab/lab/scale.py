@@ -43,18 +43,26 @@ QUICK_SIZES = {"xxs": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 16
                "xs": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32}}
 
 
+def schedule(steps: int, warmup_fraction: float = 0.1) -> dict[str, int]:
+    """A budget of optimizer steps with warmup, evaluation, checkpoints and logging scaled with it, so every budget
+    has the same schedule shape."""
+    return {"train.max_steps": steps, "train.warmup_steps": max(1, int(steps * warmup_fraction)),
+            "train.eval_every": max(1, steps // 6), "train.checkpoint_every": max(1, steps // 3),
+            "train.log_every": max(1, steps // 30)}
+
+
 def scale_conditions(dataset: Dataset, sizes: dict[str, dict[str, Any]], budgets: dict[str, int],
                      warmup_fraction: float = 0.1) -> tuple[Condition, ...]:
-    """SIZE-BUDGET conditions: each size's model overrides at each budget of optimizer steps (warmup, evaluation
-    and checkpoints scaled with the steps, so every budget has the same schedule shape)."""
-    out = []
-    for size, model in sizes.items():
-        for budget, steps in budgets.items():
-            schedule = {"train.max_steps": steps, "train.warmup_steps": max(1, int(steps * warmup_fraction)),
-                        "train.eval_every": max(1, steps // 6), "train.checkpoint_every": max(1, steps // 3),
-                        "train.log_every": max(1, steps // 30)}
-            out.append(Condition(f"{size}-{budget}", dataset, {**model, **schedule}, f"{size} model, {steps} steps"))
-    return tuple(out)
+    """SIZE-BUDGET conditions: each size's model overrides at each budget of optimizer steps (`schedule`)."""
+    return tuple(Condition(f"{size}-{budget}", dataset, {**model, **schedule(steps, warmup_fraction)},
+                           f"{size} model, {steps} steps")
+                 for size, model in sizes.items() for budget, steps in budgets.items())
+
+
+def split_condition(name: str) -> tuple[str, str]:
+    """(size, budget) of a SIZE-BUDGET condition name."""
+    size, _, budget = name.rpartition("-")
+    return size, budget
 
 
 def scale_settings(sizes: dict, budgets: dict) -> dict[str, Any]:
@@ -106,20 +114,35 @@ def fit(points: list[Point], axis: str) -> stats.Trend:
     return stats.trend(x, y, groups=g)
 
 
-def points(results, a: str, b: str, metric: str, sizes: list[str], budgets: list[str]) -> list[Point]:
+def points(results, a: str | None, b: str, metric: str, sizes: list[str], budgets: list[str]) -> list[Point]:
+    """One Point per size and budget where both arms ran; with `a` None the "difference" is b's own value (an
+    effect each cell measured against its own reference, such as the loss a quantization adds)."""
     out = []
     for size in sizes:
         for budget in budgets:
             condition = f"{size}-{budget}"
-            arm_a = {c.seed: c for c in results.arm(condition, a)}
             arm_b = {c.seed: c for c in results.arm(condition, b)}
+            arm_a = arm_b if a is None else {c.seed: c for c in results.arm(condition, a)}
             shared = sorted(set(arm_a) & set(arm_b))
             if not shared:
                 continue
-            diffs = {s: float(arm_b[s].summary[metric]) - float(arm_a[s].summary[metric]) for s in shared}
+            diffs = {s: float(arm_b[s].summary[metric]) - (0.0 if a is None else float(arm_a[s].summary[metric]))
+                     for s in shared}
             out.append(Point(size, budget, float(np.mean([arm_a[s].summary["parameters"] for s in shared])),
                              float(np.mean([arm_a[s].summary["tokens"] for s in shared])), diffs))
     return out
+
+
+def pair_name(a: str | None, b: str) -> str:
+    return b if a is None else f"{a} → {b}"
+
+
+def bits_per_byte_factor(results, condition: str) -> float | None:
+    """1 nat/token in bits/byte on the condition's validation text, when the run recorded its text units."""
+    datasets = {c["name"]: c["dataset"] for c in results.meta.get("grid", {}).get("conditions", [])}
+    units = next((h["text_units"] for h in reversed(results.meta.get("history", [])) if h.get("text_units")), {})
+    per_token = units.get(datasets.get(condition), {}).get("bytes_per_token")
+    return 1 / (math.log(2) * per_token) if per_token else None
 
 
 def is_scale(results) -> bool:
@@ -127,10 +150,10 @@ def is_scale(results) -> bool:
     return bool(results.meta.get("grid", {}).get("settings", {}).get("scale"))
 
 
-def scale_blocks(results, pairs: list[tuple[str, str]], metrics: list[tuple[str, str]], margin: float,
+def scale_blocks(results, pairs: list[tuple[str | None, str]], metrics: list[tuple[str, str]], margin: float,
                  directory: Path) -> list[Block]:
     """The section for a scale profile's report (nothing for other profiles); `metrics`: (summary key, label)
-    pairs, each headline comparison read on each."""
+    pairs, each headline comparison read on each (all losses in nats per token; the table adds bits per byte)."""
     if not is_scale(results):
         return []
     scale = results.meta["grid"]["settings"]["scale"]
@@ -142,10 +165,13 @@ def scale_blocks(results, pairs: list[tuple[str, str]], metrics: list[tuple[str,
                          "log2(parameters) at each budget, and on log2(tokens) at each size, with its 95 % CI. "
                          f"Words: flips (significant with opposite signs at the two ends); grows / shrinks (slope CI "
                          f"excludes 0; magnitude rises / falls); holds (slope within ±{margin:g} per doubling by "
-                         "TOST); else inconclusive. These CIs are per comparison, not Holm-adjusted: read them as "
+                         "TOST); else inconclusive. A comparison named by one variant is that variant's own "
+                         "effect, measured inside each cell against its reference. Bits per byte (on each "
+                         "condition's validation text) put char and BPE vocabularies on one scale. These CIs are per comparison, not Holm-adjusted: read them as "
                          "the shape of the effect, and the Comparisons table for tests.")]
     rows = [["comparison", "metric", "along", "at", "points", "slope per doubling (95 % CI)", "trend"]]
-    effect_rows = [["comparison", "metric", "size", "budget", "parameters", "tokens", "difference (95 % CI)", "seeds"]]
+    effect_rows = [["comparison", "metric", "size", "budget", "parameters", "tokens", "difference (95 % CI)", "in bits/byte",
+                    "seeds"]]
     largest = (0.0, 0.0)
     figure_pairs = []
     for metric, label in metrics:
@@ -156,8 +182,10 @@ def scale_blocks(results, pairs: list[tuple[str, str]], metrics: list[tuple[str,
             figure_pairs.append((a, b, pts, label))
             for p in pts:
                 low, high = p.ci()
-                effect_rows.append([f"{a} → {b}", label, p.size, p.budget, f"{p.parameters:,.0f}", f"{p.tokens:,.0f}",
-                                    f"{p.mean:+.4f} ({low:+.4f} to {high:+.4f})", str(len(p.diffs))])
+                factor = bits_per_byte_factor(results, f"{p.size}-{p.budget}")
+                effect_rows.append([pair_name(a, b), label, p.size, p.budget, f"{p.parameters:,.0f}",
+                                    f"{p.tokens:,.0f}", f"{p.mean:+.4f} ({low:+.4f} to {high:+.4f})",
+                                    f"{p.mean * factor:+.4f}" if factor else "—", str(len(p.diffs))])
                 largest = (max(largest[0], p.parameters), max(largest[1], p.tokens))
             for along, key, fixed in (("parameters", "budget", budgets), ("tokens", "size", sizes)):
                 for value in fixed:
@@ -166,7 +194,7 @@ def scale_blocks(results, pairs: list[tuple[str, str]], metrics: list[tuple[str,
                     if len(line) < 2:
                         continue
                     t = fit(line, along)
-                    rows.append([f"{a} → {b}", label, along, f"{key} {value}", str(len(line)),
+                    rows.append([pair_name(a, b), label, along, f"{key} {value}", str(len(line)),
                                  f"{t.slope:+.4f} ({t.ci_low:+.4f} to {t.ci_high:+.4f})", classify(line, t, margin)])
     blocks += [Block("table", items=effect_rows), Block("table", items=rows),
                Block("p", f"Largest scale measured: {largest[0]:,.0f} parameters, {largest[1]:,.0f} training tokens. "
@@ -195,7 +223,7 @@ def plot_scale(pairs, sizes: list[str], budgets: list[str], path: Path) -> None:
             ax.set_xscale("log", base=2)
             ax.set_xlabel(along)
             ax.set_ylabel(f"Δ {metric_label}")
-            ax.set_title(f"{a} → {b} ({metric_label}) against {along}", fontsize=9)
+            ax.set_title(f"{pair_name(a, b)} ({metric_label}) against {along}", fontsize=9)
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
     write_figure(fig, path)

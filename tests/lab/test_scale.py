@@ -58,7 +58,7 @@ def test_a_scale_profile_reports_the_effect_against_parameters_and_tokens(tmp_pa
     assert (out / "scale.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("name", ["positions", "stability", "tying"])
+@pytest.mark.parametrize("name", ["positions", "stability", "tying", "quantization", "lora-rank"])
 def test_each_scale_profile_spans_8x_in_parameters_3_sizes_and_budgets_4x_apart(name):
     from gptlab.config import RunConfig, apply_overrides
     from gptlab.lab.grid import as_overrides
@@ -68,7 +68,7 @@ def test_each_scale_profile_spans_8x_in_parameters_3_sizes_and_budgets_4x_apart(
     grid = get_lesson(name).profiles()["scale"]
     scale = grid.settings["scale"]
     assert len(scale["sizes"]) >= 3 and len(grid.seeds) >= 5
-    vocab = 2048 if name == "tying" else 85
+    vocab = 2048 if name in ("tying", "quantization") else 85
     counts, steps = [], []
     for c in grid.conditions:
         cfg = apply_overrides(RunConfig(), as_overrides(grid.base) + as_overrides(c.overrides)
@@ -76,3 +76,43 @@ def test_each_scale_profile_spans_8x_in_parameters_3_sizes_and_budgets_4x_apart(
         counts.append(parameters(cfg))
         steps.append(cfg.train.max_steps)
     assert max(counts) >= 8 * min(counts) and max(steps) >= 4 * min(steps)
+
+
+def test_a_one_variant_comparison_follows_that_variants_own_value():
+    from types import SimpleNamespace
+
+    from gptlab.lab.scale import pair_name, points
+
+    def cell(seed, value, params):
+        return SimpleNamespace(seed=seed, summary={"loss_increase": value, "parameters": params, "tokens": 1000})
+
+    arms = {("s-1", "ptq3"): [cell(0, 0.02, 100), cell(1, 0.04, 100)],
+            ("m-1", "ptq3"): [cell(0, 0.01, 800), cell(1, 0.01, 800)]}
+    results = SimpleNamespace(arm=lambda condition, variant: arms.get((condition, variant), []))
+    pts = points(results, None, "ptq3", "loss_increase", ["s", "m"], ["1"])
+    assert [p.mean for p in pts] == pytest.approx([0.03, 0.01]) and pts[1].parameters == 800
+    assert pair_name(None, "ptq3") == "ptq3" and pair_name("a", "b") == "a → b"
+
+
+@pytest.mark.slow
+def test_the_quantization_scale_profile_trains_a_float_model_per_size_and_budget(tmp_path):
+    out = tmp_path / "q"
+    assert main(["lab", "run", "quantization", "--profile", "scale-quick", "--out", str(out)]) == 0
+    bases = sorted(p.parent.name + "/" + p.name for p in (out / "base").glob("*/seed*"))
+    assert bases == [f"{c}/seed{s}" for c in ("xs-10", "xs-40", "xxs-10", "xxs-40") for s in (0, 1)]
+    md = (out / "report.md").read_text()
+    assert "| ptq3 | Δ loss vs float | tokens | size xs | 2 |" in md
+    assert "| float-ft3 → qat-ste3 | Δ loss vs float | parameters | budget 40 | 2 |" in md
+    import json
+    qat = json.loads((out / "cells" / "xs-40" / "qat-ste3" / "seed0" / "summary.json").read_text())
+    ptq = json.loads((out / "cells" / "xs-40" / "ptq3" / "seed0" / "summary.json").read_text())
+    assert qat["step"] == 8 and qat["tokens"] > ptq["tokens"] == ptq["float_tokens"] == 40 * 8 * 32
+
+
+@pytest.mark.slow
+def test_the_lora_scale_profile_pretrains_one_base_model_per_size(tmp_path):
+    out = tmp_path / "l"
+    assert main(["lab", "run", "lora-rank", "--profile", "scale-quick", "--out", str(out)]) == 0
+    assert sorted(p.parent.name for p in (out / "base").glob("*/seed0")) == ["xs", "xxs"]
+    md = (out / "report.md").read_text()
+    assert "| lora-r4 → rslora-r4 | val loss | xs | 32 |" in md and "## Learning rates" not in md

@@ -20,7 +20,7 @@ import torch
 from gptlab.adapters.lora import update_norms
 from gptlab.config import build_config
 from gptlab.data import TokenData, eval_batches, prepare
-from gptlab.lab import stats
+from gptlab.lab import scale, stats
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant, as_overrides
 from gptlab.io import atomic_write_json
 from gptlab.lab.lesson import Lesson, base_dir, ensure_trained
@@ -75,6 +75,26 @@ PROFILES = {
              "test_seeds": 5},
 }
 
+# Effect versus scale of rsLoRA against LoRA at a high rank (16: half the smallest width, an eighth of the largest)
+# and the full profile's shared rate: one base model per size and seed (the full profile's pretraining), fine-tuned
+# for two budgets 4x apart. Same rank at every size, so the model, not the rank, changes along the axis.
+SCALE_RANK = 16
+SCALE_BUDGETS = {"150": 150, "600": 600}
+QUICK_SCALE_BUDGETS = {"8": 8, "32": 32}
+
+
+def scale_grid(p: dict, sizes: dict, budgets: dict, seeds: tuple[int, ...], rank: int) -> Grid:
+    lr = {"train.lr": p["shared_lr"], "train.min_lr": p["shared_lr"] / 10}
+    finetune = {k: v for k, v in p["finetune"].items() if k not in scale.schedule(1)}
+    arms = tuple(v for v in variants((rank,)) if v.name != FULL)
+    return Grid(scale.scale_conditions(Dataset("shakespeare-poems", "char"), sizes, budgets), arms, seeds,
+                {**p["model"], **finetune, **lr},
+                settings={**p, "sizes": sizes, **scale.scale_settings(sizes, budgets)})
+
+
+def base_key(settings, condition: str) -> str:
+    """Which base model a cell of `condition` starts from: one per seed, or per seed and size in a scale profile."""
+    return scale.split_condition(condition)[0] if settings.get("scale") else ""
 
 
 def lr_name(lr: float) -> str:
@@ -102,11 +122,17 @@ class LoraRankLesson(Lesson):
                                for lr in p["lrs"])
             seeds = tuple(range(p["selection_seeds"] + p["test_seeds"]))
             grids[name] = Grid(conditions, variants(p["ranks"]), seeds, {**p["model"], **p["finetune"]}, settings=p)
+        full, quick = PROFILES["full"], PROFILES["quick"]
+        grids["scale"] = scale_grid(full, scale.SIZES, SCALE_BUDGETS, tuple(range(5)), SCALE_RANK)
+        grids["scale-quick"] = scale_grid(quick, scale.QUICK_SIZES, QUICK_SCALE_BUDGETS, (0, 1), 4)
         return grids
 
     def comparisons(self) -> list[tuple[str, str]]:
         ranks = sorted({parse_variant(v.name)[1] for g in self.profiles().values() for v in g.variants} - {None})
         return [(f"lora-r{r}", f"rslora-r{r}") for r in ranks]
+
+    def scale_comparisons(self) -> list[tuple[str | None, str]]:
+        return [(f"lora-r{r}", f"rslora-r{r}") for r in (SCALE_RANK, 4)]  # the scale and scale-quick ranks
 
     # -- shared artifacts: the tokenizer, the two domains, the base model -------------------------------------
     def prepare_data(self, workdir: Path, grid: Grid) -> dict[str, Path]:
@@ -116,19 +142,23 @@ class LoraRankLesson(Lesson):
         for key, corpus in (("plays", "shakespeare-plays"), ("poems", "shakespeare-poems")):
             if not (data / key / "meta.json").is_file():
                 prepare(corpus, data / key, tokenizer_from=data / "all" / "tokenizer", overwrite=True)
-        for seed in grid.seeds:  # one base model per seed, so seed variance includes pretraining
-            cfg = build_config(overrides=as_overrides({**grid.settings["model"], **grid.settings["base_train"],
-                                                       "train.seed": seed}))
-            ensure_trained(base_dir(workdir, seed), data / "plays", cfg,
-                           f"pretraining the base model for seed {seed} on the plays into {base_dir(workdir, seed)} ...")
+        sizes = grid.settings.get("sizes") or {"": {}}  # a scale profile: one base model per size
+        for size, model in sizes.items():
+            for seed in grid.seeds:  # one base model per seed, so seed variance includes pretraining
+                cfg = build_config(overrides=as_overrides({**grid.settings["model"], **model,
+                                                           **grid.settings["base_train"], "train.seed": seed}))
+                where = base_dir(workdir, seed, size)
+                ensure_trained(where, data / "plays", cfg,
+                               f"pretraining the base model for seed {seed} on the plays into {where} ...")
         return {grid.conditions[0].dataset.key: data / "poems"}
 
     # -- one fine-tuning cell ----------------------------------------------------------------------------------
     def run_cell(self, cell: Cell, cell_dir: Path, data: TokenData, resume: bool, workdir: Path) -> dict[str, Any]:
-        base_model, _, _ = load_model(base_dir(workdir, cell.seed), "best")
+        origin = base_dir(workdir, cell.seed, base_key(cell.settings, cell.condition.name))
+        base_model, _, _ = load_model(origin, "best")
         base = model_state(base_model)
         trainer = Trainer(cell_dir, cell.config, data, resume=resume, progress=False, quiet=True,
-                          init_state=None if resume else base, info={"init_from": str(base_dir(workdir, cell.seed))})
+                          init_state=None if resume else base, info={"init_from": str(origin)})
         start_file = cell_dir / "start.json"
         if not resume or not start_file.is_file():
             atomic_write_json(start_file, {"start_grad_norm": start_grad_norm(trainer, data)})
@@ -255,7 +285,7 @@ def analyse(results, metric: str, margin: float = math.nan) -> dict | None:
     choice: the trend with rank at the shared and the tuned rates, and the best arms against each other (paired by
     seed id, one Holm family)."""
     cells = [c for c in results.cells if c.summary.get("scaling")]
-    if not cells:
+    if not cells or scale.is_scale(results):  # a scale profile has one rank: its own section reads it
         return None
     n_select = int(results.meta.get("grid", {}).get("settings", {}).get("selection_seeds", 0))
     select = [c for c in cells if c.seed < n_select] or cells  # a grid without selection seeds: descriptive only

@@ -24,11 +24,13 @@ from gptlab.data import TokenData
 from gptlab.evaluate import evaluate
 from gptlab.lab import stats
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant, as_overrides
-from gptlab.lab.lesson import Lesson, base_dir, ensure_trained
+from gptlab.lab import scale
+from gptlab.lab.lesson import Lesson, base_dir, ensure_trained, trained_tokens
 from gptlab.quant.qat import convert_qat
 from gptlab.quant.ptq import quantize, state_bytes
 from gptlab.quant.inspect import as_records, inspect_model
 from gptlab.quant.workflow import calibration_batches
+from gptlab.model import count_parameters
 from gptlab.run import load_model
 from gptlab.train.checkpoint import model_state
 from gptlab.train.loop import Trainer
@@ -81,7 +83,6 @@ def clip_variants(choices: tuple[float, ...]) -> tuple[Variant, ...]:
 
 
 CLIP_SELECTION = clip_variants(CLIP_CHOICES)
-TRAINED = {v.name for v in QAT + CLIP_SELECTION}  # cells that train before they quantize
 WEIGHT_ONLY = ("tensor", "channel", "group32")
 DECODE_TOKENS = 64
 
@@ -104,7 +105,54 @@ PROFILES = {
                           "train.checkpoint_every": 50, "train.log_every": 10},
              "seeds": 5, "eval_windows": 256, "calib_batches": 8},
 }
+# Effect versus scale: does "quantization barely hurts" hold as models grow and train longer? Per-channel PTQ at 4
+# and 3 bits (the loss it adds to each cell's own float model) and QAT (plain STE: the three estimators tie in the
+# full profile) against float training for the same steps then PTQ, on a BPE vocabulary (real-sized embeddings,
+# kept float like every format here), at scale.SIZES x two float-training budgets 4x apart. The QAT / float
+# fine-tuning budget is a fifth of the float one, as in the full profile; conditions are named by the float budget.
+SCALE_BUDGETS = {"250": 250, "1000": 1000}
+QUICK_SCALE_BUDGETS = {"10": 10, "40": 40}
+SCALE_QAT = "qat-ste"
 
+
+def _scale_variants() -> tuple[Variant, ...]:
+    out = []
+    for b in QAT_BITS:
+        out.append(Variant(f"ptq{b}", {"quant.bits": b}, f"{b}-bit weights per channel, PTQ of the float model"))
+        for arm in ("float-ft", SCALE_QAT):
+            v = qat_variant(arm, BEST_CLIP[arm])
+            out.append(Variant(f"{arm}{b}", {**v.overrides, "quant.bits": b}, f"{b} bits: {v.label}"))
+    return tuple(out)
+
+
+SCALE_VARIANTS = _scale_variants()
+TRAINED = {v.name for v in QAT + CLIP_SELECTION + SCALE_VARIANTS if not v.name.startswith("ptq")}  # train, then quantize
+
+
+def scale_grid(dataset: Dataset, sizes: dict, budgets: dict, seeds: tuple[int, ...], p: dict) -> Grid:
+    conditions = tuple(Condition(f"{size}-{budget}", dataset,
+                                 {**model, **scale.schedule(max(2, steps // 5))}, f"{size} model, {steps} float steps")
+                       for size, model in sizes.items() for budget, steps in budgets.items())
+    base = {**p["model"], **{k: v for k, v in p["finetune"].items() if k.startswith("train.") and k not in
+                             scale.schedule(1)}, "quant.calib_batches": p["calib_batches"]}
+    return Grid(conditions, SCALE_VARIANTS, seeds, base,
+                settings={**p, "base_budgets": budgets, **scale.scale_settings(sizes, budgets)})
+
+
+def base_config(grid: Grid, condition: Condition, seed: int):
+    """The float model a cell starts from: the profile's, or in a scale profile the condition's size trained for
+    the condition's float budget."""
+    overrides = {**grid.settings["model"], **grid.settings["base_train"], "train.seed": seed}
+    if base_key(grid.settings, condition.name):
+        size, budget = scale.split_condition(condition.name)
+        overrides.update({k: v for k, v in condition.overrides.items() if k.startswith("model.")})
+        overrides.update(scale.schedule(grid.settings["base_budgets"][budget]))
+    return build_config(overrides=as_overrides(overrides))
+
+
+def base_key(settings, condition: str) -> str:
+    """Which float model a cell of `condition` starts from: one per seed, or per condition in a scale profile."""
+    return condition if settings.get("scale") else ""
 
 
 class QuantizationLesson(Lesson):
@@ -116,6 +164,7 @@ class QuantizationLesson(Lesson):
                 "for the same steps followed by PTQ, and which straight-through estimator works best? A broken "
                 "estimator (no gradient through round) shows how QAT fails silently, and the alarm that catches it.")
     metric_label = "val loss (quantized)"
+    scale_metrics = (("loss_increase", "Δ loss vs float"),)  # float-ft → QAT: the same float model, so Δ = Δ val loss
     table_metrics = (("loss_increase", "Δ loss vs float", "{:+.4f}"), ("ppl_increase", "Δ perplexity", "{:+.3f}"),
                      ("bytes", "state bytes", "{:,.0f}"), ("spikes", "spikes", "{:.1f}"))
 
@@ -130,6 +179,10 @@ class QuantizationLesson(Lesson):
 
         grids = {name: Grid(conditions, PTQ + QAT, tuple(range(p["seeds"])), base(p), exclude, settings=p)
                  for name, p in PROFILES.items()}
+        grids["scale"] = scale_grid(Dataset("shakespeare", "bpe", 2048), scale.SIZES, SCALE_BUDGETS,
+                                    tuple(range(PROFILES["full"]["seeds"])), PROFILES["full"])
+        grids["scale-quick"] = scale_grid(Dataset("shakespeare-poems", "bpe", 512), scale.QUICK_SIZES,
+                                          QUICK_SCALE_BUDGETS, (0, 1), PROFILES["quick"])
         # each arm's clip, chosen at a profile's settings on seeds it never uses (-quick: to try the selection)
         for name, source, choices in (("clip-selection", "full", CLIP_CHOICES),
                                       ("clip-selection-quick", "quick", QUICK_CLIP_CHOICES)):
@@ -142,22 +195,27 @@ class QuantizationLesson(Lesson):
                 ("act-token", "act-token-smooth"), ("float-ft", "qat-ste"), ("float-ft", "qat-clipped"),
                 ("float-ft", "qat-lsq"), ("qat-ste", "qat-clipped"), ("qat-ste", "qat-lsq"), ("qat-ste", "qat-broken")]
 
+    def scale_comparisons(self) -> list[tuple[str | None, str]]:
+        return [pair for b in QAT_BITS for pair in ((None, f"ptq{b}"), (f"float-ft{b}", f"{SCALE_QAT}{b}"))]
+
     # -- shared artifacts: one trained float model per seed ----------------------------------------------------
     def prepare_data(self, workdir: Path, grid: Grid) -> dict[str, Path]:
         dirs = super().prepare_data(workdir, grid)
         data_dir = next(iter(dirs.values()))
-        for seed in grid.seeds:
-            cfg = build_config(overrides=as_overrides({**grid.settings["model"], **grid.settings["base_train"],
-                                                       "train.seed": seed}))
-            ensure_trained(base_dir(workdir, seed), data_dir, cfg,
-                           f"training the float model for seed {seed} into {base_dir(workdir, seed)} ...")
+        conditions = grid.conditions if base_key(grid.settings, "any") else grid.conditions[:1]
+        for condition in conditions:
+            for seed in grid.seeds:
+                where = base_dir(workdir, seed, base_key(grid.settings, condition.name))
+                ensure_trained(where, data_dir, base_config(grid, condition, seed),
+                               f"training the float model for seed {seed} into {where} ...")
         return dirs
 
     # -- one cell ----------------------------------------------------------------------------------------------
     def run_cell(self, cell: Cell, cell_dir: Path, data: TokenData, resume: bool, workdir: Path) -> dict[str, Any]:
         cfg = cell.config
         windows = cell.settings["eval_windows"]
-        float_model, _, _ = load_model(base_dir(workdir, cell.seed), "best")
+        origin = base_dir(workdir, cell.seed, base_key(cell.settings, cell.condition.name))
+        float_model, _, _ = load_model(origin, "best")
         length = cfg.model.block_size
 
         def loss_of(model) -> float:
@@ -169,7 +227,7 @@ class QuantizationLesson(Lesson):
         if cell.variant.name in TRAINED:
             trainer = Trainer(cell_dir, cfg, data, resume=resume, progress=False, quiet=True,
                               init_state=None if resume else model_state(float_model),
-                              info={"init_from": str(base_dir(workdir, cell.seed))})
+                              info={"init_from": str(origin)})
             out.update(trainer.run())
             model = trainer.model.eval()
             if cfg.quant.qat == "none":  # the float baseline: PTQ after the same extra training
@@ -187,6 +245,9 @@ class QuantizationLesson(Lesson):
             out["decode_tokens_per_s"] = decode_speed(model, data)
             out["float_decode_tokens_per_s"] = decode_speed(float_model, data)
         loss = loss_of(model)
+        float_tokens = trained_tokens(origin)  # a scale profile's axes: the float model's size and training
+        out.update({"parameters": count_parameters(float_model), "tokens": float_tokens + out.get("tokens", 0),
+                    "float_tokens": float_tokens})
         out.update({"val_loss": loss, "loss_increase": loss - float_loss,
                     "ppl_increase": math.exp(loss) - math.exp(float_loss), "bytes": state_bytes(model),
                     "float_bytes": state_bytes(float_model)})

@@ -101,3 +101,23 @@ def test_console_command_help_and_error_exit_code(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gptlab", "prepare", "--corpus", str(tmp_path / "none"), "--out",
                         str(tmp_path / "d")], capture_output=True, text=True, env=env)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_every_help_page_renders_without_format_leftovers():
+    import argparse
+
+    from gptlab.cli import build_parser
+
+    def pages(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from pages(sub)
+
+    seen = 0
+    for parser in pages(build_parser()):
+        text = parser.format_help()
+        assert "%%" not in text and "%(" not in text, parser.prog
+        seen += 1
+    assert seen > 20

@@ -38,7 +38,7 @@ def cmd_lab(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lab", help="run a lesson: a grid of variants × seeds with statistics and a report",
                        description="Lessons are controlled experiments: every (condition, variant, seed) cell "
-                                   "trains into OUT/cells/..., then a report (Markdown, HTML, PNG) gives means, 95 %% "
+                                   "trains into OUT/cells/..., then a report (Markdown, HTML, PNG) gives means, 95 % "
                                    "CIs, tests and verdicts. Rerunning continues an interrupted grid.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  gptlab lab list\n  gptlab lab run tying --profile quick\n"
@@ -49,9 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = lab.add_parser("run", help="run (or continue) a lesson's grid and write its report")
     q.add_argument("lesson", help="a lesson name from `gptlab lab list`")
     q.add_argument("--profile", default="quick", help="quick (minutes, for a first look and tests), full "
-                   "(the real experiment, up to an hour on 2 cores), or calibrate / calibrate-quick (the baseline arm "
-                   "of full / quick with 20 seeds: the false-positive rate of the lesson's tests on A/A splits of "
-                   "real runs, and a normality check); default quick")
+                   "(the real experiment, up to an hour on 2 cores), scale / scale-quick (the headline comparisons at 3 "
+                   "model sizes and 2 training budgets, with the effect's trend), calibrate / calibrate-quick (the "
+                   "baseline arm of full / quick with 20 seeds: the false-positive rate of the lesson's tests on A/A "
+                   "splits of real runs, and a normality check), or a lesson's own (`gptlab lab list` names each "
+                   "lesson's profiles); default quick")
     q.add_argument("--out", metavar="DIR", help="default: runs/lab/LESSON-PROFILE")
     q.add_argument("--jobs", type=count(1, 256), default=1, help="cells run in parallel processes, sharing the cores "
                    "(default 1)")

@@ -71,7 +71,7 @@ def _collapse(runs: list[str]) -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="a run's report: loss curve over its config's reference band, and a verdict",
                        description="Rebuild RUN/report.md and RUN/loss_curve.png from a run's files: the validation "
-                                   "curve drawn over the reference band of the same config (mean and 95 %% range "
+                                   "curve drawn over the reference band of the same config (mean and 95 % range "
                                    "for one new seed), and whether the run is inside it, better or worse, and from "
                                    "which step. A config with no band is told so.")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bands", help="reference loss bands: list the installed ones, or make one from runs",
-                       description="A band is the mean and 95 %% prediction range of the validation loss at each "
+                       description="A band is the mean and 95 % prediction range of the validation loss at each "
                                    "evaluation over ≥ 5 seeds of one config. `make` builds it from finished runs "
                                    "(all of one config, distinct seeds) and keeps the command in the file.",
                        epilog="example: gptlab bands make stability-baseline runs/cal/cells/lr0.001/baseline/seed* "

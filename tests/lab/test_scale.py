@@ -58,7 +58,7 @@ def test_a_scale_profile_reports_the_effect_against_parameters_and_tokens(tmp_pa
     assert (out / "scale.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("name", ["positions", "stability", "tying", "quantization", "lora-rank"])
+@pytest.mark.parametrize("name", ["positions", "stability", "tying", "quantization", "lora-rank", "speedrun"])
 def test_each_scale_profile_spans_8x_in_parameters_3_sizes_and_budgets_4x_apart(name):
     from gptlab.config import RunConfig, apply_overrides
     from gptlab.lab.grid import as_overrides

@@ -32,3 +32,14 @@ def test_quick_speedrun_lesson(tmp_path):
     md = (out / "report.md").read_text()
     assert "## Time to target" in md and "| reference | 2/2 |" in md  # every reference seed reaches the target
     assert "## What the literature reports" in md and "arXiv:2502.16982" in md
+
+
+def test_a_scale_profile_has_no_single_target_to_read():
+    from types import SimpleNamespace
+
+    from gptlab.lab.lessons.speedrun import SCALE_ARMS, SpeedrunLesson, to_target
+
+    grid = SpeedrunLesson().profiles()["scale"]
+    assert {v.name for v in grid.variants} == set(SCALE_ARMS) and len(grid.conditions) == 6
+    results = SimpleNamespace(meta={"grid": {"settings": grid.settings}}, conditions=["xs-500"])
+    assert to_target(results) is None

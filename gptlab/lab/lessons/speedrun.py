@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from gptlab.lab import stats
+from gptlab.lab import scale, stats
 from gptlab.lab.grid import Cell, Condition, Dataset, Grid, Variant
 from gptlab.lab.lesson import Lesson
 from gptlab.train.loop import Trainer
@@ -50,6 +50,11 @@ QUICK_BASE = {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.
               "train.batch_size": 8, "train.max_steps": 40, "train.lr": 1e-3, "train.min_lr": 1e-4,
               "train.warmup_steps": 4, "train.weight_decay": 0.1, "train.beta2": 0.99, "train.eval_every": 5,
               "train.eval_batches": 4, "train.checkpoint_every": 20, "train.log_every": 5}
+# Effect versus scale of the full recipe and of Muon (the trick the speedrun records lean on most) against the
+# reference, at scale.SIZES (the reference's own size is the largest) and two budgets 4x apart. -quick: seconds.
+SCALE_ARMS = (REFERENCE, "+muon", FULL_RECIPE)
+SCALE_BUDGETS = {"500": 500, "2000": 2000}
+QUICK_SCALE_BUDGETS = {"10": 10, "40": 40}
 
 
 def variants(tricks: dict[str, dict[str, Any]]) -> tuple[Variant, ...]:
@@ -79,6 +84,12 @@ def crossing(curve: list[list[float]], target: float) -> tuple[float, float] | N
     return None
 
 
+def scale_grid(dataset: Dataset, sizes: dict, budgets: dict, seeds: tuple[int, ...], base: dict) -> Grid:
+    arms = tuple(v for v in variants(TRICKS) if v.name in SCALE_ARMS)
+    return Grid(scale.scale_conditions(dataset, sizes, budgets), arms, seeds, base,
+                settings=scale.scale_settings(sizes, budgets))
+
+
 class SpeedrunLesson(Lesson):
     name = "speedrun"
     title = "the speedrun tricks"
@@ -93,11 +104,18 @@ class SpeedrunLesson(Lesson):
         return {"quick": Grid((Condition("poems", Dataset("shakespeare-poems", "char")),), variants(TRICKS), (0, 1),
                               QUICK_BASE),
                 "full": Grid((Condition("char", Dataset("shakespeare", "char")),), variants(TRICKS),
-                             tuple(range(5)), FULL_BASE)}
+                             tuple(range(5)), FULL_BASE),
+                "scale": scale_grid(Dataset("shakespeare", "char"), scale.SIZES, SCALE_BUDGETS, tuple(range(5)),
+                                    FULL_BASE),
+                "scale-quick": scale_grid(Dataset("shakespeare-poems", "char"), scale.QUICK_SIZES,
+                                          QUICK_SCALE_BUDGETS, (0, 1), QUICK_BASE)}
 
     def comparisons(self) -> list[tuple[str, str]]:
         return ([(REFERENCE, f"+{t}") for t in TRICKS] + [(REFERENCE, FULL_RECIPE)]
                 + [(FULL_RECIPE, f"full-{t}") for t in TRICKS])
+
+    def scale_comparisons(self) -> list[tuple[str | None, str]]:
+        return [(REFERENCE, arm) for arm in SCALE_ARMS if arm != REFERENCE]
 
     def measure(self, trainer: Trainer, cell: Cell) -> dict[str, Any]:
         """The validation curve as [step, tokens, training seconds, loss], for the time-to-target readings."""
@@ -148,7 +166,7 @@ class SpeedrunLesson(Lesson):
     def discussion(self, results) -> list[str]:
         comparisons = dict(((c.a, c.b), c) for _, c in results.compare(self.comparisons(), self.metric,
                                                                         self.equivalence_margin))
-        if not comparisons:
+        if not comparisons or scale.is_scale(results):
             return []
         alone = {t: stats.outcome(comparisons[(REFERENCE, f"+{t}")]) for t in TRICKS
                  if (REFERENCE, f"+{t}") in comparisons}
@@ -166,6 +184,8 @@ class SpeedrunLesson(Lesson):
 def to_target(results) -> tuple[float, dict[str, dict[int, tuple[float, float] | None]]] | None:
     """The target (the highest final val loss of the reference's seeds) and, per arm and seed, (tokens, seconds)
     to reach it."""
+    if scale.is_scale(results):  # one target per condition would not compare across sizes: the scale section reads it
+        return None
     condition = results.conditions[0] if results.conditions else None
     finals = results.values(condition, REFERENCE, "val_loss") if condition else []
     if not finals:

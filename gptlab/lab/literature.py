@@ -31,7 +31,8 @@ DIRECTIONS = ("lower", "higher", "same")
 
 @dataclass(frozen=True)
 class Claim:
-    condition: str | list  # or candidates, the first the run has (a full and a quick profile name theirs apart)
+    condition: str | list  # or candidates, the first the run has (full, quick and scale profiles name theirs apart;
+    # a scale profile is read at its largest size and budget)
     a: str
     b: str | None  # None: a's metric against zero (e.g. a loss increase)
     metric: str

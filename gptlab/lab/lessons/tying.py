@@ -37,8 +37,9 @@ QUICK_BASE = {"model.block_size": 32, "model.bias": False, "train.batch_size": 8
 SIZES = {"small": {"model.n_layer": 2, "model.n_head": 4, "model.n_embd": 64},
          "medium": {"model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128}}
 # Effect versus scale, on a BPE vocabulary (the question is about real-sized vocabularies): 11× in parameters
-# (~90k to ~1.05M with bpe2k), budgets 4× apart. -quick: to try the profile in seconds.
-SCALE_BUDGETS = {"200": 200, "800": 800}
+# (~90k to ~1.05M with bpe2k), budgets 4× apart that bracket the full profile's 300 steps (at 200 / 800 steps the
+# profile would need ~80 min on 2 cores, the largest size and budget most of it). -quick: to try it in seconds.
+SCALE_BUDGETS = {"100": 100, "400": 400}
 QUICK_SCALE_BUDGETS = {"8": 8, "32": 32}
 VOCABS = {"char": Dataset("shakespeare", "char"), "bpe2k": Dataset("shakespeare", "bpe", 2048),
           "bpe8k": Dataset("shakespeare", "bpe", 8192)}

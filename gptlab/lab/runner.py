@@ -123,6 +123,19 @@ def _record(out: Path, lesson: Lesson, profile: str, grid: Grid, extra: list[str
                              "history": history + [entry]})
 
 
+def _stop_workers(pool: cf.ProcessPoolExecutor) -> None:
+    """End a pool's workers mid-cell. Left alone they would finish their cells as orphans, and a rerun started
+    meanwhile would resume those same cells from a second process; a killed cell resumes from its last (atomic)
+    checkpoint instead. ProcessPoolExecutor has no public way to do this before Python 3.14."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    for worker in workers:
+        worker.join(timeout=10)
+
+
 def dataset_text_units(data_dirs: dict[str, Path]) -> dict[str, dict[str, float]]:
     """Per dataset, the UTF-8 bytes and characters per token of its validation text, so a report can give its
     losses in bits per byte too."""
@@ -235,8 +248,8 @@ def run_lesson(lesson: Lesson, profile: str, out: str | Path, jobs: int = 1, see
                         except GptlabError as e:
                             failures.append((c.name, str(e)))
                             finished(c, None)
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)
+                except BaseException:  # Ctrl-C, SIGTERM, a bug: stop the workers now, not after their cells
+                    _stop_workers(pool)
                     raise
     finally:
         bar.close()

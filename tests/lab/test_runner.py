@@ -132,6 +132,42 @@ def test_a_run_killed_mid_grid_completes_only_the_missing_cells(quick_tying, tmp
         assert resumed[name]["val_loss"] == s["val_loss"], name
 
 
+def _workers_of(pid: int) -> list[int]:
+    """Pool workers (spawned interpreters) whose parent is `pid`, from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in cmdline:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_a_terminated_parallel_run_takes_its_workers_with_it(tmp_path):
+    out = tmp_path / "terminated"
+    args = ["lab", "run", "tying", "--profile", "quick", "--jobs", "2", "--out", str(out), "--set",
+            "train.max_steps=400"]  # cells long enough that the signal lands mid-cell
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "gptlab", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    workers = []
+    while (len(workers) < 2 or not list(out.glob("cells/*/*/seed*/metrics.jsonl"))) and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be terminated"
+        workers = _workers_of(proc.pid)
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    deadline = time.time() + 15
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()], "workers outlived the terminated run"
+
+
 def test_parallel_jobs_run_the_same_grid(tmp_path):
     out = tmp_path / "jobs"
     result = run_lesson(get_lesson("tying"), "quick", out, jobs=2, seeds=1, progress=False)

@@ -25,14 +25,16 @@ def seconds_per_step(step: Callable[[], None], steps: int = 4, warmup: int = 2,
     return times[len(times) // 2]
 
 
-def plan_steps(step_seconds: float, minutes: float, low: int, high: int, overhead: float = 0.1) -> int:
-    """Optimizer steps that fill `minutes` of training at `step_seconds` each, leaving `overhead` of the time for
-    evaluations and checkpoints; at least `low` (a curve worth looking at), at most `high` (where the recipe's
-    schedule was tuned to end)."""
+def plan_steps(step_seconds: float, minutes: float, rungs: tuple[int, ...], overhead: float = 0.1) -> int:
+    """The most optimizer steps on the ladder `rungs` that fit `minutes` of training at `step_seconds` each, leaving
+    `overhead` of the time for evaluations and checkpoints; the lowest rung when none fits (a curve worth looking
+    at). A ladder, not any count: each rung has a reference band of seeds to judge the run by, and the rungs are
+    about √2 apart, so at most ~30 % of the time is left unused."""
+    rungs = tuple(sorted(rungs))
     if not (step_seconds > 0 and math.isfinite(step_seconds)):
-        return low
-    fit = int(minutes * 60 * (1 - overhead) / step_seconds)
-    return max(low, min(high, fit))
+        return rungs[0]
+    fit = minutes * 60 * (1 - overhead) / step_seconds
+    return max((r for r in rungs if r <= fit), default=rungs[0])
 
 
 def training_step(cfg: RunConfig, vocab_size: int) -> Callable[[], None]:

@@ -18,7 +18,9 @@ PROMPTS = ["HAMLET.\n", "To be, or not", "KING."]
 
 
 MINUTES = 3.0  # training time the quickstart plans for, on whatever machine it runs
-MIN_STEPS = 200  # below this the curve and the samples say little
+# The step counts a quickstart may plan (the recipe's own 1,500 at the top; below 250 the curve and the samples say
+# little). Each rung's schedule is `on_rung`; `gptlab bands list` shows which rungs ship a reference band.
+RUNGS = (250, 350, 500, 700, 1000, 1500)
 
 
 def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None = None,
@@ -42,8 +44,10 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
         cfg_file = resources.files("gptlab") / "configs" / "quickstart.yaml"
         with resources.as_file(cfg_file) as path:
             cfg = build_config(path, overrides)
-        if not any(o.startswith("train.max_steps=") for o in overrides):
+        chosen = {o.split("=", 1)[0] for o in overrides}
+        if "train.max_steps" not in chosen:
             cfg = sized_to_machine(cfg, meta["vocab_size"], minutes)
+        cfg = on_rung(cfg, cfg.train.max_steps, keep=chosen)
         print_expected_band(cfg, meta)
         summary = train(out / "data", run_dir, cfg)
     print("3/3 sampling ...", flush=True)
@@ -87,9 +91,21 @@ def print_expected_band(cfg, meta: dict) -> None:
           f"{band.lo[-1]:.3f}–{band.hi[-1]:.3f}; {len(band.seeds)} seeds on {band.machine})", flush=True)
 
 
+def on_rung(cfg, steps: int, keep: set[str] = frozenset()):
+    """The quickstart recipe shortened to `steps`: warmup a tenth of it (the recipe's 100 at most), and five
+    evaluations and checkpoints whatever the length, so every rung's curve has the same shape and cost. Settings
+    named in `keep` (the user's own --set) stay as they are."""
+    import dataclasses
+
+    every = max(1, steps // 5)
+    schedule = {"max_steps": steps, "warmup_steps": min(cfg.train.warmup_steps, max(1, steps // 10)),
+                "eval_every": every, "checkpoint_every": every}
+    return dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, **{k: v for k, v in schedule.items() if f"train.{k}" not in keep}))
+
+
 def sized_to_machine(cfg, vocab_size: int, minutes: float):
-    """The quickstart config with as many steps as fit in `minutes` here (MIN_STEPS at least, the recipe's own
-    max_steps at most: its schedule was tuned to end there)."""
+    """The quickstart config on the highest rung of RUNGS that fits in `minutes` here."""
     import dataclasses
 
     from gptlab.budget import plan_steps, seconds_per_step, training_step
@@ -98,8 +114,10 @@ def sized_to_machine(cfg, vocab_size: int, minutes: float):
     set_threads(cfg.train.threads)
     measured = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
     step_s = seconds_per_step(training_step(measured, vocab_size))
-    steps = plan_steps(step_s, minutes, MIN_STEPS, cfg.train.max_steps)
-    note = ("" if steps < cfg.train.max_steps else f" (the recipe's full {steps}; more time would not add steps)")
+    steps = plan_steps(step_s, minutes, RUNGS)
+    note = (f" (the recipe's full {steps}; more time would not add steps)" if steps == max(RUNGS) else
+            f" (the lowest rung: a curve worth reading takes about {steps * step_s / 60:.1f} min here)"
+            if steps * step_s > minutes * 60 else "")
     print(f"    one step takes {step_s:.3f} s here: {steps} steps fit in about {minutes:g} min of training{note}; "
           "--minutes or --max-steps change it", flush=True)
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))

@@ -48,16 +48,6 @@ def test_scale_conditions_cross_sizes_and_budgets_with_the_schedule_scaled():
     assert m400["model.n_embd"] == 64 and m400["train.max_steps"] == 400 and m400["train.warmup_steps"] == 40
 
 
-@pytest.mark.slow
-def test_a_scale_profile_reports_the_effect_against_parameters_and_tokens(tmp_path):
-    out = tmp_path / "scale"
-    assert main(["lab", "run", "tying", "--profile", "scale-quick", "--seeds", "2", "--out", str(out)]) == 0
-    md = (out / "report.md").read_text()
-    assert "## Effect versus scale" in md and "Largest scale measured" in md
-    assert "| tied → untied | val loss | parameters | budget 8 | 2 |" in md
-    assert (out / "scale.png").read_bytes()[:4] == b"\x89PNG"
-
-
 @pytest.mark.parametrize("name", ["positions", "stability", "tying", "quantization", "lora-rank", "speedrun"])
 def test_each_scale_profile_spans_8x_in_parameters_3_sizes_and_budgets_4x_apart(name):
     from gptlab.config import RunConfig, apply_overrides
@@ -101,6 +91,8 @@ def test_the_quantization_scale_profile_trains_a_float_model_per_size_and_budget
     bases = sorted(p.parent.name + "/" + p.name for p in (out / "base").glob("*/seed*"))
     assert bases == [f"{c}/seed{s}" for c in ("xs-10", "xs-40", "xxs-10", "xxs-40") for s in (0, 1)]
     md = (out / "report.md").read_text()
+    assert "## Effect versus scale" in md and "Largest scale measured" in md
+    assert (out / "scale.png").read_bytes()[:4] == b"\x89PNG"
     assert "| ptq3 | Δ loss vs float | tokens | size xs | 2 |" in md
     assert "| float-ft3 → qat-ste3 | Δ loss vs float | parameters | budget 40 | 2 |" in md
     import json
@@ -109,10 +101,19 @@ def test_the_quantization_scale_profile_trains_a_float_model_per_size_and_budget
     assert qat["step"] == 8 and qat["tokens"] > ptq["tokens"] == ptq["float_tokens"] == 40 * 8 * 32
 
 
-@pytest.mark.slow
-def test_the_lora_scale_profile_pretrains_one_base_model_per_size(tmp_path):
-    out = tmp_path / "l"
-    assert main(["lab", "run", "lora-rank", "--profile", "scale-quick", "--out", str(out)]) == 0
-    assert sorted(p.parent.name for p in (out / "base").glob("*/seed0")) == ["xs", "xxs"]
-    md = (out / "report.md").read_text()
-    assert "| lora-r4 → rslora-r4 | val loss | xs | 32 |" in md and "## Learning rates" not in md
+def test_the_lora_scale_profile_starts_each_cell_from_its_sizes_own_base_model(tmp_path):
+    import json
+
+    from gptlab.lab.lessons.lora_rank import LoraRankLesson
+    from gptlab.lab.runner import execute_cell, plan_cells
+
+    lesson = LoraRankLesson()
+    grid = lesson.profiles()["scale-quick"].with_seeds(1)
+    dirs = lesson.prepare_data(tmp_path, grid)  # pretrains one base model per size (and seed)
+    assert sorted(p.parent.name for p in (tmp_path / "base").glob("*/seed0")) == ["xs", "xxs"]
+    cells = {c.name: c for c in plan_cells(lesson, grid, dirs, [], 1)}
+    for name, size in (("xs-8/rslora-r4/seed0", "xs"), ("xxs-8/lora-r4/seed0", "xxs")):
+        cell = cells[name]
+        summary = execute_cell(lesson, cell, cell.directory(tmp_path), dirs[cell.condition.dataset.key], False)
+        info = json.loads((cell.directory(tmp_path) / "run.json").read_text())
+        assert info["init_from"] == str(tmp_path / "base" / size / "seed0") and summary["rank"] == 4

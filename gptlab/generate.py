@@ -126,3 +126,12 @@ class StreamingDecoder:
         text = self.tokenizer.decode(self.ids)
         piece, self.emitted = text[self.emitted:], len(text)
         return piece
+
+
+def sample_text(model: GPT, tok: Tokenizer, prompt: str | None, new_tokens: int, seed: int) -> str:
+    """`prompt` and a continuation sampled the way gptlab shows its own samples (quickstart, `gptlab report`):
+    temperature 0.8, top-k 40. No prompt: from end-of-text, or a newline for a vocabulary without one."""
+    if prompt is None:
+        prompt = "\n" if tok.eot_id is None else ""
+    ids = tok.encode(prompt) if prompt else [tok.eot_id]
+    return prompt + tok.decode(generate(model, ids, new_tokens, temperature=0.8, top_k=40, seed=seed))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gptlab.config import build_config
 from gptlab.data import is_data_dir, load_data, prepare
-from gptlab.generate import generate
+from gptlab.generate import sample_text
 from gptlab.report import band_verdict, write_summary
 from gptlab.run import load_model
 from gptlab.rundir import is_run
@@ -54,7 +54,7 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
     model, tok, cfg = load_model(run_dir, "best")
     samples = []
     for i, prompt in enumerate(PROMPTS):
-        text = prompt + tok.decode(generate(model, tok.encode(prompt), 300, temperature=0.8, top_k=40, seed=i))
+        text = sample_text(model, tok, prompt, 300, seed=i)
         samples.append(text)
         print("-" * 60 + "\n" + text, flush=True)
     wall = time.perf_counter() - t0

@@ -81,3 +81,16 @@ def test_same_target_evaluation_scores_the_same_tokens_at_every_length():
     assert out[8].tokens == out[32].tokens == 8 * len(ends)
     learned = GPT(ModelConfig(vocab_size=13, n_layer=1, n_head=2, n_embd=16, block_size=8)).eval()
     assert evaluate_same_targets(learned, tokens, [8, 16], 8, 10)[16] is None  # past its table: cannot run
+
+
+def test_sample_text_keeps_the_prompt_and_starts_from_end_of_text_or_a_newline():
+    from gptlab.generate import sample_text
+    from gptlab.tokenizers import CharTokenizer
+
+    for tok in (CharTokenizer(list("ab \n"), with_eot=True), CharTokenizer(list("ab \n"))):
+        torch.manual_seed(0)
+        model = GPT(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=1, n_embd=8, block_size=16)).eval()
+        text = sample_text(model, tok, "ab", 10, seed=3)
+        assert text.startswith("ab") and text == sample_text(model, tok, "ab", 10, seed=3)
+        free = sample_text(model, tok, None, 10, seed=3)
+        assert free.startswith("\n") == (tok.eot_id is None)

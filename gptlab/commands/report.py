@@ -26,15 +26,13 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def _samples(run_dir: str, n: int) -> list[str]:
-    from gptlab.generate import generate
+    from gptlab.generate import sample_text
     from gptlab.run import load_model
     from gptlab.train.distributed import set_threads
 
     set_threads()
     model, tok, _ = load_model(run_dir, "best")
-    start = "\n" if tok.eot_id is None else None
-    ids = tok.encode(start) if start is not None else [tok.eot_id]
-    return [(start or "") + tok.decode(generate(model, ids, 200, temperature=0.8, top_k=40, seed=i)) for i in range(n)]
+    return [sample_text(model, tok, None, 200, seed=i) for i in range(n)]
 
 
 def cmd_bands(args: argparse.Namespace) -> None:

@@ -95,3 +95,14 @@ def test_time_to_loss_without_its_corpus_names_the_option(tmp_path, capsys, monk
     monkeypatch.chdir(tmp_path)
     assert main(["bench", "time-to-loss"]) == 2
     assert "--corpus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("quant,kind", [("none", "f32"), ("int8", "q8_0")])
+def test_bench_decode_against_llama_cpp_on_a_gguf_of_the_same_weights(tmp_path, quant, kind):
+    out = tmp_path / "decode.json"
+    assert main(["bench", "decode", *TINY, "--new-tokens", "8", "--repeats", "1", "--vs", "llama.cpp",
+                 "--quant", quant, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["llama_cpp_type"] == kind and result["llama_cpp_tokens_per_s"] > 0
+    assert result["ratio_vs_llama_cpp"] == pytest.approx(result["gptlab_tokens_per_s"] / result["llama_cpp_tokens_per_s"])
+    assert 0 <= result["tokens_agreeing"] <= 8  # (near-ties of random weights may part; the GGUF tests check that)

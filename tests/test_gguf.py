@@ -1,9 +1,9 @@
-"""GGUF export: every type read back within its tolerance, tied and untied, three tokenizers, clear refusals.
-
-(The issue's verification by llama.cpp itself, through llama-cpp-python, is not built yet; the file is checked by
-reading it back with the `gguf` package and dequantizing with its reference code.)"""
+"""GGUF export: every type read back within its tolerance and loaded by llama.cpp itself (same token ids, logits
+within the measured tolerance, same greedy choices), tied and untied, three tokenizers, clear refusals."""
 
 from __future__ import annotations
+
+import string
 
 import numpy as np
 import pytest
@@ -12,7 +12,8 @@ from gguf import GGUFReader
 
 from gptlab.cli import main
 from gptlab.config import ModelConfig, RunConfig
-from gptlab.interop.gguf_export import TOLERANCE, TYPES, gguf_tensor_name, read_back, vocabulary
+from gptlab.interop.gguf_export import TOLERANCE, TYPES, export_gguf, gguf_tensor_name, read_back, vocabulary
+from gptlab.interop.llama_cpp_check import TEXTS, check_with_llama_cpp
 from gptlab.model import GPT
 from gptlab.run import write_model_run
 from gptlab.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer
@@ -108,3 +109,80 @@ def test_an_existing_file_is_replaced_only_when_it_is_gguf_and_asked(tmp_path, c
     assert main(["export", "gguf", "--run", str(run), "--out", str(out)]) == 2
     assert main(["export", "gguf", "--run", str(run), "--out", str(out), "--type", "q8_0", "--overwrite"]) == 0
     assert np.frombuffer(out.read_bytes()[:4], dtype=np.uint8).tobytes() == b"GGUF"
+
+
+# -- llama.cpp itself (llama-cpp-python, built at install) ---------------------------------------------------------
+CHARS = list(string.ascii_letters + string.digits + " .,!?'\"-\n")  # every character of llama_cpp_check.TEXTS
+
+
+def tokenizer_of(name: str, tmp_path):
+    if name == "char":
+        return CharTokenizer(CHARS, with_eot=True)
+    if name == "bpe":
+        return BPETokenizer.train([make_text(300, seed=1)], vocab_size=300)
+    return GPT2Tokenizer(R50K) if R50K.is_file() else GPT2Tokenizer(standin_ranks(tmp_path), expected_sha256=None)
+
+
+@pytest.mark.parametrize("kind", TYPES)
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("name", ["char", "bpe", "gpt2"])
+def test_llama_cpp_loads_the_file_with_gptlabs_token_ids_logits_and_greedy_choices(tmp_path, kind, tied, name):
+    tok = tokenizer_of(name, tmp_path)
+    run, _, _ = run_with(tmp_path, tok, tied)
+    r = export_gguf(run, tmp_path / "m.gguf", kind)
+    check = r["llama_cpp"]  # export_gguf refuses the file when the check fails; here its numbers are read too
+    assert check is not None and check.ok, check
+    assert check.texts == len(TEXTS) and check.max_abs_logit_diff <= check.tolerance
+    if kind in ("f32", "f16"):  # the same greedy tokens to the end of the context
+        assert check.greedy_checked == 32 - 4
+
+
+def test_the_llama_cpp_check_catches_other_weights_and_other_token_ids(tmp_path, monkeypatch, capsys):
+    import copy
+
+    from gptlab.interop import gguf_export
+
+    tok = tokenizer_of("char", tmp_path)
+    run, net, _ = run_with(tmp_path, tok)
+    out = tmp_path / "m.gguf"
+    export_gguf(run, out, "f32")
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        other.wte.weight.mul_(1.5)  # (tied: the head too)
+    bad = check_with_llama_cpp(out, other, tok, "f32")
+    assert not bad.ok and "logits differ" in bad.problem()
+
+    class Reversed:  # a tokenizer that disagrees with the file's
+        vocab_size = tok.vocab_size
+
+        def encode(self, text):
+            return tok.encode(text)[::-1]
+
+    bad = check_with_llama_cpp(out, net, Reversed(), "f32")
+    assert not bad.ok and bad.tokenization_mismatch == TEXTS[0] and "tokenizes" in bad.problem()
+    # a failed check leaves no file, and says why in one line
+    monkeypatch.setattr(gguf_export.llama_cpp_check, "check_with_llama_cpp", lambda *a: bad)
+    assert main(["export", "gguf", "--run", str(run), "--out", str(tmp_path / "n.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "tokenizes" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "n.gguf").exists() and list(tmp_path.glob(".*partial")) == []
+
+
+def test_a_file_llama_cpp_cannot_load_is_refused_with_its_reason(tmp_path, monkeypatch, capsys):
+    from gptlab.interop import gguf_export
+
+    run, _, _ = run_with(tmp_path, tokenizer_of("char", tmp_path))
+    real = gguf_export.write_gguf
+
+    def without_merges(model, tok, path, kind, name="gptlab"):  # the bug llama.cpp itself found: no merges key
+        real(model, tok, path, kind, name)
+        from gguf import GGUFReader
+        assert "tokenizer.ggml.merges" in GGUFReader(str(path)).fields
+        data = path.read_bytes().replace(b"tokenizer.ggml.merges", b"tokenizer.ggml.mergez")
+        path.write_bytes(data)
+
+    monkeypatch.setattr(gguf_export, "write_gguf", without_merges)
+    assert main(["export", "gguf", "--run", str(run), "--out", str(tmp_path / "m.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "llama.cpp 0.3.36 cannot load the file" in err and "merges" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.gguf").exists()

@@ -1,5 +1,5 @@
-"""`gptlab bench decode`: batch-1 greedy decoding with the KV cache, against transformers' `generate` on the
-same weights and against the memory-bandwidth bound, all measured in the same run.
+"""`gptlab bench decode`: batch-1 greedy decoding with the KV cache, against transformers' `generate` or llama.cpp
+on the same weights and against the memory-bandwidth bound, all measured in the same run.
 
 Batch-1 decoding reads every weight once per new token, so its ceiling is the machine's read bandwidth divided
 by the bytes of weights read per token (the position table contributes one row, so it is left out).
@@ -76,6 +76,47 @@ def time_transformers(twin, prompt: list[int], new_tokens: int, repeats: int) ->
     return best_time(run, repeats), out
 
 
+# The GGUF type llama.cpp runs for each of gptlab's formats: the same weights as close as the file can hold them.
+LLAMA_TYPES = {("float32", "none"): "f32", ("bfloat16", "none"): "f16", ("float32", "int8"): "q8_0",
+               ("bfloat16", "int8"): "q8_0", ("float32", "int4"): "q4_0", ("bfloat16", "int4"): "q4_0"}
+
+
+def time_llama_cpp(model: GPT, prompt: list[int], new_tokens: int, repeats: int, threads: int,
+                   kind: str) -> tuple[float, list[int]]:
+    """llama.cpp (llama-cpp-python) decoding `model` from a GGUF file of type `kind`: the prompt in one batch, then
+    one token at a time, greedy, the same loop as gptlab's."""
+    import tempfile
+
+    import llama_cpp
+    import numpy as np
+
+    from gptlab.interop.gguf_export import write_gguf
+    from gptlab.interop.llama_cpp_check import captured_stderr
+
+    with tempfile.TemporaryDirectory() as tmp, captured_stderr():
+        path = Path(tmp) / "bench.gguf"
+        write_gguf(model, None, path, kind)
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=len(prompt) + new_tokens, n_batch=len(prompt),
+                              logits_all=True, verbose=False, n_threads=threads, n_threads_batch=threads)
+    out: list[int] = []
+
+    def run():
+        llm.reset()
+        llm.eval(prompt)
+        out.clear()
+        while True:
+            out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            if len(out) == new_tokens:
+                break
+            llm.eval(out[-1:])
+
+    try:
+        return best_time(run, repeats), out
+    finally:
+        with captured_stderr():
+            llm.close()
+
+
 def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int, new_tokens: int, repeats: int,
                  dtype: str, vs: str | None, json_out: str | None, quant: str = "none") -> dict:
     cfg = build_config(config_file, list(overrides))
@@ -90,6 +131,13 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
     torch.manual_seed(0)
     model = GPT(cfg.model).eval().to(DTYPES[dtype])
     twin = hf_twin(model) if vs == "transformers" else None  # the float model a user would otherwise run
+    if vs == "llama.cpp":  # before quantizing: the file gets the float weights in the matching GGUF type
+        from gptlab.interop.hf import check_exportable
+
+        check_exportable(cfg.model)
+        llama_kind = LLAMA_TYPES[(dtype, quant)]
+        float_model = GPT(cfg.model).eval()  # a float32 copy of the same (possibly bf16-rounded) weights
+        float_model.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
     if quant != "none":
         from gptlab.quant.ptq import quantize_on_load
 
@@ -128,6 +176,19 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
         result["tokens_agreeing"] = agree
         print(f"transformers:  {theirs:8.1f} tokens/s ({dtype})   gptlab / transformers = {ours / theirs:.2f}×   "
               f"(same greedy tokens: {'yes' if same else f'the first {agree}'})")
+    if vs == "llama.cpp":
+        import llama_cpp
+
+        seconds, theirs_tokens = time_llama_cpp(float_model, prompt, new_tokens, repeats, threads, llama_kind)
+        theirs = new_tokens / seconds
+        same = ours_tokens == theirs_tokens
+        agree = next((i for i, (a, b) in enumerate(zip(ours_tokens, theirs_tokens)) if a != b), len(ours_tokens))
+        result.update({"llama_cpp_version": llama_cpp.__version__, "llama_cpp_type": llama_kind,
+                       "llama_cpp_tokens_per_s": theirs, "ratio_vs_llama_cpp": ours / theirs, "same_tokens": same,
+                       "tokens_agreeing": agree})
+        print(f"llama.cpp:     {theirs:8.1f} tokens/s ({llama_kind} GGUF, llama-cpp-python {llama_cpp.__version__}) "
+              f"  gptlab / llama.cpp = {ours / theirs:.2f}×   (same greedy tokens: "
+              f"{'yes' if same else f'the first {agree}'})")
     print(json.dumps(result))
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")

@@ -26,9 +26,11 @@ def cmd_bench_time_to_loss(args: argparse.Namespace) -> None:
     bench_time_to_loss(args.corpus, args.target, args.check_every, args.overrides, args.threads, args.json)
 
 
-def _common(p: argparse.ArgumentParser, vs: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, vs: tuple[str, ...] = ("transformers",)) -> None:
     if vs:
-        p.add_argument("--vs", choices=["transformers"], help="also time transformers' GPT2LMHeadModel, same shape")
+        p.add_argument("--vs", choices=list(vs), help="also time transformers' GPT2LMHeadModel"
+                       + (" or llama.cpp (a GGUF of the same weights, through llama-cpp-python)" if len(vs) > 1 else "")
+                       + ", same shape")
     p.add_argument("--json", metavar="FILE", type=output_file, help="also write the results as JSON")
 
 
@@ -51,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = what.add_parser("decode", help="batch-1 greedy decoding with the KV cache",
                         description="Batch-1 greedy decoding with the KV cache (default GPT-2 124M, prompt 16, 128 "
                                     "new tokens) against the memory-bandwidth bound measured in the same run; --vs "
-                                    "transformers runs its generate on the same weights.")
+                                    "transformers runs its generate on the same weights, --vs llama.cpp a GGUF of "
+                                    "them (f32, f16 for bfloat16, q8_0 for int8, q4_0 for int4).")
     add_config_args(q)
     q.add_argument("--prompt-tokens", type=count(1), default=16, help="prompt length (default 16)")
     q.add_argument("--new-tokens", type=count(1), default=128, help="tokens generated (default 128)")
@@ -61,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--quant", choices=["none", "int8", "int4"], default="none", help="int8 (per channel) or int4 "
                    "(groups of 32) weights in every linear layer, on gptlab's integer kernels; transformers stays "
                    "fp32, the baseline a user would otherwise run")
-    _common(q)
+    _common(q, vs=("transformers", "llama.cpp"))
     q.set_defaults(func=cmd_bench_decode)
 
     q = what.add_parser("time-to-loss", help="training seconds to a val loss on Tiny Shakespeare",
@@ -75,5 +78,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="val loss to reach (default 1.886, the reference recipe's final val loss)")
     q.add_argument("--check-every", type=count(1), default=50, help="steps between val checks (default 50)")
     q.add_argument("--threads", type=count(0, 4096), default=0, help="intra-op threads (default: one per core)")
-    _common(q, vs=False)
+    _common(q, vs=())
     q.set_defaults(func=cmd_bench_time_to_loss)

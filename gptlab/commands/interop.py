@@ -12,6 +12,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         r = export_gguf(args.run, args.out, args.type, args.checkpoint, args.overwrite)
         print(f"wrote {args.out}: GGUF, llama.cpp's gpt2 architecture, {r['type']}, {r['bytes']:,} bytes (read back "
               f"and checked: max |Δlogits| {r['max_abs_logit_diff']:.1e})")
+        print(f"    verified by {r['llama_cpp'].summary()}" if r["llama_cpp"] else
+              "    not loaded in llama.cpp: llama-cpp-python is not installed (`make install` installs it)")
         return
     if args.type is not None:
         from gptlab.errors import GptlabError

@@ -28,6 +28,7 @@ import torch
 from gptlab.config import ModelConfig
 from gptlab.errors import CheckpointError, GptlabError
 from gptlab.interop.hf import check_exportable, max_logit_difference
+from gptlab.interop import llama_cpp_check
 from gptlab.interop.hf_tokenizer import byte_to_unicode, ranks_to_vocab_merges
 from gptlab.io import check_distinct, writing
 from gptlab.model import GPT
@@ -114,11 +115,38 @@ def _data(t: torch.Tensor, kind: str, name: str):
     return quants.quantize(a.astype(np.float32), qtype), qtype
 
 
-def write_gguf(model: GPT, tok: Tokenizer, path: Path, kind: str, name: str = "gptlab") -> None:
+def _writer(path: Path, arch: str):
+    """gguf's writer, able to write an empty array: llama.cpp requires the merges key of a BPE vocabulary even
+    when there are no merges (a char vocabulary), and `gguf` drops or refuses empty arrays."""
+    import gguf
+    from gguf import GGUFValueType
+
+    class Writer(gguf.GGUFWriter):
+        def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+            if vtype == GGUFValueType.ARRAY and sub_type is not None and len(val) == 0:
+                return ((self._pack("I", vtype) if add_vtype else b"") + self._pack("I", sub_type)
+                        + self._pack("Q", 0))
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+    return Writer(str(path), arch)
+
+
+def placeholder_vocabulary(size: int) -> tuple[list[str], list[int], list[str]]:
+    """A vocabulary of `size` tokens with no tokenizer behind it (the 256 byte tokens, then named placeholders):
+    enough for llama.cpp to load a model whose tokens are given as ids, e.g. to time a random-weight shape."""
+    from gguf import TokenType
+
+    table = byte_to_unicode()
+    tokens = [table[b] for b in range(256)][:size] + [f"<|{i}|>" for i in range(256, size)]
+    return tokens, [int(TokenType.NORMAL)] * size, []
+
+
+def write_gguf(model: GPT, tok: Tokenizer | None, path: Path, kind: str, name: str = "gptlab") -> None:
+    """`tok` None: placeholder tokens (see placeholder_vocabulary)."""
     import gguf
 
     cfg = model.cfg
-    writer = gguf.GGUFWriter(str(path), "gpt2")
+    writer = _writer(path, "gpt2")
     writer.add_name(name)
     writer.add_context_length(cfg.block_size)
     writer.add_embedding_length(cfg.n_embd)
@@ -128,13 +156,14 @@ def write_gguf(model: GPT, tok: Tokenizer, path: Path, kind: str, name: str = "g
     writer.add_layer_norm_eps(LAYER_NORM_EPS)
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                           "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[kind])
-    tokens, types, merges = vocabulary(tok)
+    tokens, types, merges = vocabulary(tok) if tok is not None else placeholder_vocabulary(cfg.vocab_size)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    special = tok.eot_id if tok.eot_id is not None else 0
+    writer.add_key_value(gguf.Keys.Tokenizer.MERGES, merges, gguf.GGUFValueType.ARRAY,
+                         sub_type=gguf.GGUFValueType.STRING)
+    special = tok.eot_id if tok is not None and tok.eot_id is not None else 0
     writer.add_bos_token_id(special)
     writer.add_eos_token_id(special)
     for key, t in model_state(model).items():
@@ -200,14 +229,20 @@ def export_gguf(run_dir: str | Path, out: str | Path, kind: str | None = "f16", 
     try:
         with writing(tmp):
             write_gguf(model, tok, tmp, kind, name=Path(run_dir).name)
-        diff = max_logit_difference(model, _Logits(read_back(tmp, cfg.model)))
+        held = read_back(tmp, cfg.model)
+        diff = max_logit_difference(model, _Logits(held))
         if not diff <= TOLERANCE[kind]:
             raise CheckpointError(f"the GGUF file read back disagrees with the run (max |Δlogits| {diff:.2e} > "
                                   f"{TOLERANCE[kind]} for {kind}); nothing was written")
+        llama = None
+        if llama_cpp_check.available():  # the real client: installed with gptlab, so absent only by hand
+            llama = llama_cpp_check.check_with_llama_cpp(tmp, held, tok, kind)
+            if not llama.ok:
+                raise CheckpointError(f"{llama.problem()}; nothing was written")
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"max_abs_logit_diff": diff, "bytes": out.stat().st_size, "type": kind}
+    return {"max_abs_logit_diff": diff, "bytes": out.stat().st_size, "type": kind, "llama_cpp": llama}
 
 
 class _Logits(torch.nn.Module):

@@ -84,11 +84,9 @@ def captured_stderr():
 
 
 def available() -> bool:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def _encodable(tok: Tokenizer, text: str) -> list[int] | None:

@@ -19,6 +19,7 @@ from gptlab.errors import GptlabError
 from gptlab.generate import generate
 from gptlab.model import GPT
 from gptlab.train.distributed import set_threads
+from gptlab.train.loop import check_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -63,7 +64,7 @@ def hf_twin(model: GPT):
 
 
 def time_transformers(twin, prompt: list[int], new_tokens: int, repeats: int) -> tuple[float, list[int]]:
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=twin.device)
     out: list[int] = []
 
     def run():
@@ -126,11 +127,17 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
     if limit is not None and prompt_len + new_tokens > limit:
         raise GptlabError(f"prompt {prompt_len} + {new_tokens} new tokens exceed model.block_size={limit}; "
                           "lower --new-tokens or raise model.block_size")
+    device = cfg.train.device
+    check_device(device)
+    if device == "cuda" and (quant != "none" or vs == "llama.cpp"):
+        raise GptlabError("--quant and --vs llama.cpp run on the CPU (gptlab's integer kernels, this llama.cpp "
+                          "build); drop --device cuda for them")
     threads = set_threads(cfg.train.threads)
-    bandwidth = read_bandwidth()
+    bandwidth = read_bandwidth(device=device)
     torch.manual_seed(0)
     model = GPT(cfg.model).eval().to(DTYPES[dtype])
-    twin = hf_twin(model) if vs == "transformers" else None  # the float model a user would otherwise run
+    twin = hf_twin(model).to(device) if vs == "transformers" else None  # what a user would otherwise run
+    model = model.to(device)
     if vs == "llama.cpp":  # before quantizing: the file gets the float weights in the matching GGUF type
         from gptlab.interop.hf import check_exportable
 
@@ -147,14 +154,15 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
     bound = bandwidth / bytes_per_token
     seconds, ours_tokens = time_gptlab(model, prompt, new_tokens, repeats)
     ours = new_tokens / seconds
-    result = {"bench": "decode", "threads": threads, "dtype": dtype, "quant": quant, "prompt_tokens": prompt_len,
+    result = {"bench": "decode", "device": device, "threads": threads, "dtype": dtype, "quant": quant, "prompt_tokens": prompt_len,
               "new_tokens": new_tokens, "weight_mb_per_token": bytes_per_token / 1e6,
               "read_bandwidth_gb_s": bandwidth / 1e9, "bandwidth_bound_tokens_per_s": bound,
               "gptlab_tokens_per_s": ours, "gptlab_fraction_of_bound": ours / bound}
     m = cfg.model
     print(f"shape: {m.n_layer} layers, {m.n_head} heads, d {m.n_embd}, vocab {m.vocab_size}; batch 1, "
           f"prompt {prompt_len}, {new_tokens} new tokens, greedy, {dtype}"
-          f"{f', {quant} weights' if quant != 'none' else ''}, {threads} threads, best of {repeats}")
+          f"{f', {quant} weights' if quant != 'none' else ''}, {threads} threads, best of {repeats}"
+          + (", on the GPU" if device == "cuda" else ""))
     print(f"read bandwidth (same run): {bandwidth / 1e9:6.1f} GB/s; weights read per token "
           f"{bytes_per_token / 1e6:.0f} MB → bound {bound:6.1f} tokens/s")
     print(f"gptlab:        {ours:8.1f} tokens/s   {100 * ours / bound:5.1f} % of the bandwidth bound")

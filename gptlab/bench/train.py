@@ -12,36 +12,40 @@ from pathlib import Path
 
 import torch
 
-from gptlab.bench.hardware import matmul_peak
+from gptlab.bench.hardware import matmul_peak, synchronize
 from gptlab.config import RunConfig, build_config
 from gptlab.model import GPT, count_parameters, flops_per_token
 from gptlab.train.distributed import set_threads
-from gptlab.train.loop import optimizer_step
+from gptlab.train.loop import check_device, optimizer_step
 from gptlab.train.optim import build_optimizer
 
 BENCH_DEFAULTS = ["model.block_size=256", "train.batch_size=4"]
 
 
-def _time_steps(step_fn, steps: int, warmup: int) -> float:
+def _time_steps(step_fn, steps: int, warmup: int, device: str = "cpu") -> float:
     for _ in range(warmup):
         step_fn()
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step_fn()
+    synchronize(device)
     return time.perf_counter() - t0
 
 
 def time_gptlab(cfg: RunConfig, steps: int, warmup: int) -> dict:
+    device = cfg.train.device
     torch.manual_seed(0)
-    model = GPT(cfg.model).train()
+    model = GPT(cfg.model).to(device).train()
     opt = build_optimizer(model, cfg.train)
     B, T, V = cfg.train.batch_size, cfg.model.block_size, cfg.model.vocab_size
 
     def step():
-        batches = [(torch.randint(V, (B, T)), torch.randint(V, (B, T))) for _ in range(cfg.train.grad_accum)]
+        batches = [(torch.randint(V, (B, T), device=device), torch.randint(V, (B, T), device=device))
+                   for _ in range(cfg.train.grad_accum)]
         optimizer_step(model, opt, batches, cfg.train, cfg.train.lr)
 
-    seconds = _time_steps(step, steps, warmup)
+    seconds = _time_steps(step, steps, warmup, device)
     tokens = steps * B * T * cfg.train.grad_accum
     return {"tokens_per_s": tokens / seconds, "flops_per_token": flops_per_token(model, T),
             "parameters": count_parameters(model)}
@@ -53,9 +57,9 @@ def time_transformers(cfg: RunConfig, steps: int, warmup: int) -> dict:
     quiet_transformers()
     from transformers import GPT2LMHeadModel
 
-    m = cfg.model
+    m, device = cfg.model, cfg.train.device
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(hf_config(m, None, attn_implementation="sdpa")).train()
+    model = GPT2LMHeadModel(hf_config(m, None, attn_implementation="sdpa")).to(device).train()
     t = cfg.train
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps,
                             weight_decay=t.weight_decay, foreach=True)
@@ -64,8 +68,8 @@ def time_transformers(cfg: RunConfig, steps: int, warmup: int) -> dict:
 
     def step():
         for _ in range(t.grad_accum):
-            x = torch.randint(V, (B, T))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            x = torch.randint(V, (B, T), device=device)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype is not None):
                 loss = model(input_ids=x, labels=x).loss / t.grad_accum
             loss.backward()
         if t.grad_clip > 0:
@@ -73,24 +77,25 @@ def time_transformers(cfg: RunConfig, steps: int, warmup: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    seconds = _time_steps(step, steps, warmup)
+    seconds = _time_steps(step, steps, warmup, device)
     return {"tokens_per_s": steps * B * T * t.grad_accum / seconds}
 
 
 def bench_train(config_file: str | None, overrides: list[str], steps: int, warmup: int, vs: str | None,
                 json_out: str | None) -> dict:
     cfg = build_config(config_file, BENCH_DEFAULTS + list(overrides))
+    check_device(cfg.train.device)
     threads = set_threads(cfg.train.threads)
-    peak = matmul_peak()
+    peak = matmul_peak(device=cfg.train.device)
     ours = time_gptlab(cfg, steps, warmup)
     mfu = ours["tokens_per_s"] * ours["flops_per_token"] / peak
-    result = {"bench": "train", "threads": threads, "dtype": cfg.train.dtype, "parameters": ours["parameters"],
+    result = {"bench": "train", "device": cfg.train.device, "threads": threads, "dtype": cfg.train.dtype, "parameters": ours["parameters"],
               "batch": cfg.train.batch_size, "block_size": cfg.model.block_size,
               "fp32_matmul_peak_gflops": peak / 1e9, "gptlab_tokens_per_s": ours["tokens_per_s"], "gptlab_mfu": mfu}
     m = cfg.model
     print(f"shape: {m.n_layer} layers, {m.n_head} heads, d {m.n_embd}, vocab {m.vocab_size}, "
           f"{ours['parameters'] / 1e6:.1f}M parameters; batch {cfg.train.batch_size} × {m.block_size}, "
-          f"{cfg.train.dtype}, {threads} threads")
+          f"{cfg.train.dtype}, {threads} threads" + (", on the GPU" if cfg.train.device == "cuda" else ""))
     print(f"fp32 matmul peak (2048², same run): {peak / 1e9:8.1f} GFLOP/s")
     print(f"gptlab:        {ours['tokens_per_s']:10,.0f} tokens/s   MFU {100 * mfu:5.1f} % of that peak")
     if vs == "transformers":

@@ -10,13 +10,13 @@ from gptlab.commands.common import add_config_args, add_set, count, number, outp
 def cmd_bench_train(args: argparse.Namespace) -> None:
     from gptlab.bench.train import bench_train
 
-    bench_train(args.config, args.overrides, args.steps, args.warmup, args.vs, args.json)
+    bench_train(args.config, with_device(args), args.steps, args.warmup, args.vs, args.json)
 
 
 def cmd_bench_decode(args: argparse.Namespace) -> None:
     from gptlab.bench.decode import bench_decode
 
-    bench_decode(args.config, args.overrides, args.prompt_tokens, args.new_tokens, args.repeats, args.dtype,
+    bench_decode(args.config, with_device(args), args.prompt_tokens, args.new_tokens, args.repeats, args.dtype,
                  args.vs, args.json, args.quant)
 
 
@@ -26,8 +26,14 @@ def cmd_bench_time_to_loss(args: argparse.Namespace) -> None:
     bench_time_to_loss(args.corpus, args.target, args.check_every, args.overrides, args.threads, args.json)
 
 
+def with_device(args: argparse.Namespace) -> list[str]:
+    return list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
+
+
 def _common(p: argparse.ArgumentParser, vs: tuple[str, ...] = ("transformers",)) -> None:
     if vs:
+        p.add_argument("--device", choices=["cpu", "cuda"], help="where both sides run (default cpu; same as --set "
+                       "train.device=...): on cuda the ceilings (matmul peak, read bandwidth) are the GPU's")
         p.add_argument("--vs", choices=list(vs), help="also time transformers' GPT2LMHeadModel"
                        + (" or llama.cpp (a GGUF of the same weights, through llama-cpp-python)" if len(vs) > 1 else "")
                        + ", same shape")

@@ -71,3 +71,16 @@ def add_executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shared-fs", action="store_true", help="with --executor ray: OUT is on a filesystem every "
                    "node sees, so tasks read the data and write their cells there directly (and a retried cell "
                    "resumes from its checkpoint on any node) instead of shipping them through Ray")
+
+
+def add_device_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help=f"where to {what} (default cpu; cuda "
+                   "needs a CUDA build of torch and a visible GPU)")
+
+
+def checked_device(device: str) -> str:
+    """`device`, once it is known to work here (a one-line error otherwise)."""
+    from gptlab.train.loop import check_device
+
+    check_device(device, "--device")
+    return device

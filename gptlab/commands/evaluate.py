@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gptlab.commands.common import add_set, count, output_file
+from gptlab.commands.common import add_device_arg, add_set, checked_device, count, output_file
 from gptlab.errors import GptlabError
 from gptlab.io import atomic_write_json
 
@@ -23,7 +23,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise GptlabError(f"--lengths {args.lengths!r}: expected comma-separated integers, e.g. 64,128,256") from None
     if any(n < 1 for n in lengths):
         raise GptlabError(f"--lengths {args.lengths!r}: every length must be at least 1")
-    model, tok, cfg = load_model(args.run, args.checkpoint, overrides=args.overrides)
+    model, tok, cfg = load_model(args.run, args.checkpoint, device=checked_device(args.device),
+                                 overrides=args.overrides)
     if args.tasks:
         return eval_tasks(args, model, tok)
     data = load_data(run_data_dir(args.run, args.data))
@@ -91,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lengths", help="comma-separated context lengths, e.g. 64,128,256 (default: block_size)")
     p.add_argument("--max-windows", type=count(1), help="evaluate on at most this many windows per length")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    add_device_arg(p, "evaluate")
     p.add_argument("--json", metavar="FILE", type=output_file,
                    help="also write the results (with per-position losses) as JSON")
     p.add_argument("--plot", metavar="FILE.png", type=output_file,

@@ -28,6 +28,10 @@ def cmd_lab(args: argparse.Namespace) -> None:
     args.interrupt_hint = "finished cells are saved; rerun the same command to run only the missing ones"
     lesson = get_lesson(args.lesson)
     out = args.out or f"runs/lab/{lesson.name}-{args.profile}"
+    if args.device:  # every cell's training; checked here so a grid never half-starts on a missing GPU
+        from gptlab.commands.common import checked_device
+
+        args.overrides = [*args.overrides, f"train.device={checked_device(args.device)}"]
     result = run_lesson(lesson, args.profile, out, args.jobs, args.seeds, args.overrides, args.redo_changed,
                         args.keep_checkpoints, executor=args.executor, address=args.address,
                         shared_fs=args.shared_fs)
@@ -55,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "splits of real runs, and a normality check), or a lesson's own (`gptlab lab list` names each "
                    "lesson's profiles); default quick")
     q.add_argument("--out", metavar="DIR", help="default: runs/lab/LESSON-PROFILE")
+    q.add_argument("--device", choices=["cpu", "cuda"], help="where the cells train (default cpu; same as --set "
+                   "train.device=...); with --executor ray each cuda cell reserves one GPU")
     q.add_argument("--jobs", type=count(1, 256), default=1, help="cells run in parallel processes, sharing the cores "
                    "(default 1)")
     add_executor_args(q)

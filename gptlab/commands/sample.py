@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptlab.commands.common import count, number
+from gptlab.commands.common import add_device_arg, checked_device, count, number
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -14,12 +14,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from gptlab.train.distributed import set_threads
 
     set_threads()
+    device = checked_device(args.device)
     if args.adapter:
         from gptlab.adapters.merge import load_with_adapter
 
         model, tok, _ = load_with_adapter(args.run, args.adapter, args.checkpoint)
+        model = model.to(device)
     else:
-        model, tok, _ = load_model(args.run, args.checkpoint, quant=args.quant)
+        model, tok, _ = load_model(args.run, args.checkpoint, device=device, quant=args.quant)
     prompt = args.prompt if args.prompt is not None else ("\n" if tok.eot_id is None else None)
     ids = tok.encode(prompt) if prompt is not None else [tok.eot_id]
     check_prompt(model, ids, args.max_new_tokens)  # before anything is printed
@@ -50,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=count(0, 2**63 - 1 - 10**6), help="make sampling repeatable")
     p.add_argument("--num-samples", type=count(1, 10**6), default=1)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    add_device_arg(p, "sample")
     p.add_argument("--adapter", metavar="ADAPTER_DIR", help="add a LoRA adapter (gptlab finetune or PEFT) to --run")
     p.add_argument("--quant", choices=["none", "int8", "int4"], default="none", help="quantize the weights of "
                    "every linear layer, head included, on loading: int8 per channel or int4 in groups of 32, with "

@@ -139,14 +139,15 @@ def ray_session(address: str | None) -> Iterator[None]:
 def run_on_ray(todo: list, args_of: Callable, threads: int, address: str | None, finished: Callable, failures: list,
                state_of: Callable, execute: Callable, out: Path | None = None, shared: bool = True) -> None:
     """Run the `todo` cells as Ray tasks; `shared=False` ships data and cell files through Ray (see above)."""
+    gpus = 1 if any(c.config.train.device == "cuda" for c in todo) else 0  # a cell on cuda holds one GPU
     with ray_session(address):
         import ray
 
         if shared:
-            task = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES)(run_cell_task)
+            task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=MAX_RETRIES)(run_cell_task)
             cells = {task.remote(args_of(c), threads, state_of, execute): c for c in todo}
         else:
-            task = ray.remote(num_cpus=threads, max_retries=MAX_RETRIES)(run_shipped_cell_task)
+            task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=MAX_RETRIES)(run_shipped_cell_task)
             blobs: dict[str, Any] = {}  # dataset key -> its packed folder in the object store, put once
             cells = {}
             for c in todo:

@@ -40,11 +40,11 @@ from gptlab.train.optim import build_optimizer, lr_at
 RESUMABLE_CHANGES = {"max_steps", "eval_every", "checkpoint_every", "log_every", "threads", "tensorboard"}
 
 
-def check_device(device: str) -> None:
+def check_device(device: str, setting: str = "train.device") -> None:
     """A clear error before anything is written, rather than torch's assertion deep inside the first step."""
     if device == "cuda" and not torch.cuda.is_available():
         why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise ConfigError(f"train.device=cuda but {why}; use --device cpu, or install a CUDA build of torch "
+        raise ConfigError(f"{setting}=cuda but {why}; use --device cpu, or install a CUDA build of torch "
                           "on a machine with a GPU")
 
 

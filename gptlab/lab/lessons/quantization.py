@@ -75,7 +75,7 @@ def qat_variant(arm: str, clip: float, name: str | None = None) -> Variant:
 QAT = tuple(qat_variant(arm, BEST_CLIP[arm]) for arm in QAT_ARMS) + (
     Variant("qat-broken", {"quant.qat": "broken", "quant.clip_ratio": BROKEN_CLIP, "quant.dead_gradient": "record"},
             f"QAT with the gradient through round() left at zero (a deliberate bug); clip {BROKEN_CLIP:g}"),)
-QUICK_CLIP_CHOICES = (0.6, 0.8, 1.0)  # -quick tries the selection, with both ends and the middle of the set
+QUICK_CLIP_CHOICES = (0.6, 1.0)  # -quick tries the selection, with the two ends of the set
 
 
 def clip_variants(choices: tuple[float, ...]) -> tuple[Variant, ...]:

@@ -144,7 +144,7 @@ def base_config(grid: Grid, condition: Condition, seed: int):
     the condition's float budget."""
     overrides = {**grid.settings["model"], **grid.settings["base_train"], "train.seed": seed}
     if base_key(grid.settings, condition.name):
-        size, budget = scale.split_condition(condition.name)
+        _, budget = scale.split_condition(condition.name)
         overrides.update({k: v for k, v in condition.overrides.items() if k.startswith("model.")})
         overrides.update(scale.schedule(grid.settings["base_budgets"][budget]))
     return build_config(overrides=as_overrides(overrides))
@@ -202,7 +202,7 @@ class QuantizationLesson(Lesson):
     def prepare_data(self, workdir: Path, grid: Grid) -> dict[str, Path]:
         dirs = super().prepare_data(workdir, grid)
         data_dir = next(iter(dirs.values()))
-        conditions = grid.conditions if base_key(grid.settings, "any") else grid.conditions[:1]
+        conditions = grid.conditions if grid.settings.get("scale") else grid.conditions[:1]  # one model per seed
         for condition in conditions:
             for seed in grid.seeds:
                 where = base_dir(workdir, seed, base_key(grid.settings, condition.name))

@@ -100,7 +100,7 @@ LAYERS = (
     ("rundir", "bands", "evaluate", "generate", "budget", "train.optim", "train.probes", "quant.fake", "quant.kernels", "quant.linear",
      "quant.ptq", "quant.qat", "adapters.lora", "adapters.peft_format"),  # techniques: transforms of a built model
     ("transforms", "run", "interop.hf_tokenizer", "interop.hf", "interop.lm_eval",
-     "interop.gguf_export", "quant.inspect", "adapters.merge", "report"),
+     "interop.gguf_export", "interop.llama_cpp_check", "quant.inspect", "adapters.merge", "report"),
     ("train.callbacks", "train.loop", "quant.workflow", "bench.decode", "bench.train", "bench.time_to_loss"),
     ("quickstart", "doctor", "lab.ray_executor", "lab.grid", "lab.plots", "lab.results", "lab.calibrate", "lab.lesson",
      "lab.literature", "lab.scale"),

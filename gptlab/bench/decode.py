@@ -77,6 +77,11 @@ def time_transformers(twin, prompt: list[int], new_tokens: int, repeats: int) ->
     return best_time(run, repeats), out
 
 
+def tokens_agreeing(ours: list[int], theirs: list[int]) -> int:
+    """How many greedy tokens the two tools share before they first part."""
+    return next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), len(ours))
+
+
 # The GGUF type llama.cpp runs for each of gptlab's formats: the same weights as close as the file can hold them.
 LLAMA_TYPES = {("float32", "none"): "f32", ("bfloat16", "none"): "f16", ("float32", "int8"): "q8_0",
                ("bfloat16", "int8"): "q8_0", ("float32", "int4"): "q4_0", ("bfloat16", "int4"): "q4_0"}
@@ -154,8 +159,8 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
     bound = bandwidth / bytes_per_token
     seconds, ours_tokens = time_gptlab(model, prompt, new_tokens, repeats)
     ours = new_tokens / seconds
-    result = {"bench": "decode", "device": device, "threads": threads, "dtype": dtype, "quant": quant, "prompt_tokens": prompt_len,
-              "new_tokens": new_tokens, "weight_mb_per_token": bytes_per_token / 1e6,
+    result = {"bench": "decode", "device": device, "threads": threads, "dtype": dtype, "quant": quant,
+              "prompt_tokens": prompt_len, "new_tokens": new_tokens, "weight_mb_per_token": bytes_per_token / 1e6,
               "read_bandwidth_gb_s": bandwidth / 1e9, "bandwidth_bound_tokens_per_s": bound,
               "gptlab_tokens_per_s": ours, "gptlab_fraction_of_bound": ours / bound}
     m = cfg.model
@@ -180,7 +185,7 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
         same = ours_tokens == theirs_tokens
         result.update({"transformers_tokens_per_s": theirs, "ratio_vs_transformers": ours / theirs,
                        "same_tokens": same})
-        agree = next((i for i, (a, b) in enumerate(zip(ours_tokens, theirs_tokens)) if a != b), len(ours_tokens))
+        agree = tokens_agreeing(ours_tokens, theirs_tokens)
         result["tokens_agreeing"] = agree
         print(f"transformers:  {theirs:8.1f} tokens/s ({dtype})   gptlab / transformers = {ours / theirs:.2f}×   "
               f"(same greedy tokens: {'yes' if same else f'the first {agree}'})")
@@ -189,8 +194,7 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
 
         seconds, theirs_tokens = time_llama_cpp(float_model, prompt, new_tokens, repeats, threads, llama_kind)
         theirs = new_tokens / seconds
-        same = ours_tokens == theirs_tokens
-        agree = next((i for i, (a, b) in enumerate(zip(ours_tokens, theirs_tokens)) if a != b), len(ours_tokens))
+        same, agree = ours_tokens == theirs_tokens, tokens_agreeing(ours_tokens, theirs_tokens)
         result.update({"llama_cpp_version": llama_cpp.__version__, "llama_cpp_type": llama_kind,
                        "llama_cpp_tokens_per_s": theirs, "ratio_vs_llama_cpp": ours / theirs, "same_tokens": same,
                        "tokens_agreeing": agree})

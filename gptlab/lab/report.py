@@ -112,7 +112,7 @@ def build_blocks(results: Results, lesson: Lesson) -> list[Block]:
     blocks.append(Block("table", items=rows))
 
     blocks.append(Block("h2", "Results"))
-    units = next((h["text_units"] for h in reversed(meta.get("history", [])) if h.get("text_units")), {})
+    units = results.text_units()
     if units and "loss" in lesson.metric_label:
         blocks.append(Block("p", "Losses are in nats per token. In bits per byte (comparable across tokenizers): "
                                  + "; ".join(f"on {key}'s validation text, 1 nat/token = "

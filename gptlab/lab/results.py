@@ -36,6 +36,11 @@ class Results:
     def cell_dir(self, c: CellResult) -> Path:
         return cell_path(self.directory, c.condition, c.variant, c.seed)
 
+    def text_units(self) -> dict[str, dict[str, float]]:
+        """Dataset key -> bytes and characters per token of its validation text, as the latest invocation that
+        measured them recorded (empty for runs older than that record)."""
+        return next((h["text_units"] for h in reversed(self.meta.get("history", [])) if h.get("text_units")), {})
+
     def arm(self, condition: str, variant: str) -> list[CellResult]:
         return sorted((c for c in self.cells if c.condition == condition and c.variant == variant),
                       key=lambda c: c.seed)

@@ -140,8 +140,7 @@ def pair_name(a: str | None, b: str) -> str:
 def bits_per_byte_factor(results, condition: str) -> float | None:
     """1 nat/token in bits/byte on the condition's validation text, when the run recorded its text units."""
     datasets = {c["name"]: c["dataset"] for c in results.meta.get("grid", {}).get("conditions", [])}
-    units = next((h["text_units"] for h in reversed(results.meta.get("history", [])) if h.get("text_units")), {})
-    per_token = units.get(datasets.get(condition), {}).get("bytes_per_token")
+    per_token = results.text_units().get(datasets.get(condition), {}).get("bytes_per_token")
     return 1 / (math.log(2) * per_token) if per_token else None
 
 

@@ -106,3 +106,78 @@ def test_bench_decode_against_llama_cpp_on_a_gguf_of_the_same_weights(tmp_path, 
     assert result["llama_cpp_type"] == kind and result["llama_cpp_tokens_per_s"] > 0
     assert result["ratio_vs_llama_cpp"] == pytest.approx(result["gptlab_tokens_per_s"] / result["llama_cpp_tokens_per_s"])
     assert 0 <= result["tokens_agreeing"] <= 8  # (near-ties of random weights may part; the GGUF tests check that)
+
+
+def fake_minimal_script(root, train_body: str):
+    """A stand-in checkout of the minimal GPT script: its preparation step insists on the local input.txt (the
+    real one downloads otherwise) and its train.py prints in the real one's format."""
+    from gptlab.bench.minimal_script import NEEDED
+
+    for name in NEEDED:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("")
+    (root / "data/shakespeare_char/prepare.py").write_text(
+        "import os, sys\nhere = os.path.dirname(__file__)\n"
+        "sys.exit(0 if os.path.getsize(os.path.join(here, 'input.txt')) > 0 else 3)\n")
+    (root / "train.py").write_text(train_body)
+    return root
+
+
+def test_minimal_script_runs_from_a_copy_and_reads_its_final_evaluation(tmp_path):
+    from gptlab.bench.minimal_script import CPU_RECIPE, run_minimal_script
+
+    body = ("import sys\nassert sys.argv[1:] == ['config/train_shakespeare_char.py', *%r]\n"
+            "print('step 0: train loss 4.1000, val loss 4.2000')\n"
+            "for i, ms in enumerate([900.0, 30.0, 40.0, 50.0]): print(f'iter {i}: loss 2.0, time {ms:.2f}ms, mfu 1%%')\n"
+            "print('step 2000: train loss 1.7650, val loss 1.8857')\n" % (list(CPU_RECIPE),))
+    checkout = fake_minimal_script(tmp_path / "nanogpt", body)
+    corpus = tmp_path / "input.txt"
+    corpus.write_text("to be or not to be\n")
+    result = run_minimal_script(checkout, corpus, threads=1)
+    assert result["steps"] == 2000 and result["val_loss"] == 1.8857 and result["ms_per_iter"] == 40.0
+    assert result["seconds"] > 0 and not (checkout / "data/shakespeare_char/input.txt").exists()  # the copy ran
+
+
+def test_minimal_script_errors_name_the_problem(tmp_path):
+    from gptlab.bench.minimal_script import run_minimal_script
+    from gptlab.errors import GptlabError
+
+    corpus = tmp_path / "input.txt"
+    corpus.write_text("to be\n")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GptlabError, match="train.py, model.py.*missing"):
+        run_minimal_script(tmp_path / "empty", corpus, threads=1)
+    broken = fake_minimal_script(tmp_path / "broken", "raise SystemExit('no CUDA here')\n")
+    with pytest.raises(GptlabError, match="training failed \\(exit 1\\): no CUDA here"):
+        run_minimal_script(broken, corpus, threads=1)
+    silent = fake_minimal_script(tmp_path / "silent", "print('hello')\n")
+    with pytest.raises(GptlabError, match="printed no 'step N"):
+        run_minimal_script(silent, corpus, threads=1)
+
+
+def test_time_to_loss_prints_the_recipe_both_ratios_and_the_script(tmp_path, capsys):
+    """End to end on a small corpus with a target every recipe meets at its first check."""
+    from tests.conftest import make_text
+
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(make_text(20000, seed=0))
+    checkout = fake_minimal_script(tmp_path / "nanogpt", "print('step 2000: train loss 1.7, val loss 1.9')\n")
+    out = tmp_path / "ttl.json"
+    assert main(["bench", "time-to-loss", "--corpus", str(corpus), "--target", "50", "--check-every", "1",
+                 "--threads", "1", "--set", "train.beta2=0.95", "--vs-script", str(checkout), "--json", str(out)]) == 0
+    printed = capsys.readouterr()
+    result = json.loads(out.read_text())
+    assert result["reference_reached"] and result["speedrun_reached"]
+    assert result["reference_tokens"] == result["speedrun_tokens"] == 12 * 64  # one step each
+    assert "train.beta2=0.95" in result["recipe"] and "train.threads=1" not in result["recipe"]
+    assert "train.beta2=0.95" in printed.err and f"tokens {result['token_ratio']:.2f}×" in printed.out
+    assert result["script_val_loss"] == 1.9 and result["script_ratio"] == pytest.approx(
+        result["speedrun_whole_seconds"] / result["script_seconds"])
+    assert "above the target" not in printed.out  # 1.9 ≤ 50
+
+
+def test_time_to_loss_recipe_file_that_is_missing_is_named(tmp_path, capsys):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("abc" * 100)
+    assert main(["bench", "time-to-loss", "--corpus", str(corpus), "--recipe", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml does not exist" in capsys.readouterr().err

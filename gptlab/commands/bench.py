@@ -23,7 +23,8 @@ def cmd_bench_decode(args: argparse.Namespace) -> None:
 def cmd_bench_time_to_loss(args: argparse.Namespace) -> None:
     from gptlab.bench.time_to_loss import bench_time_to_loss
 
-    bench_time_to_loss(args.corpus, args.target, args.check_every, args.overrides, args.threads, args.json)
+    bench_time_to_loss(args.corpus, args.target, args.check_every, args.recipe, args.overrides, args.threads,
+                       args.json, args.vs_script)
 
 
 def with_device(args: argparse.Namespace) -> list[str]:
@@ -74,10 +75,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_bench_decode)
 
     q = what.add_parser("time-to-loss", help="training seconds to a val loss on Tiny Shakespeare",
-                        description="Training seconds until the Tiny Shakespeare char model reaches a val loss, for "
-                                    "the reference recipe and gptlab's fast recipe (--set changes the fast one), "
-                                    "side by side on the same validation windows.")
-    add_set(q, "change gptlab's fast recipe, e.g. --set train.lr=0.002 (repeatable)")
+                        description="Training seconds and tokens until the Tiny Shakespeare char model reaches a val "
+                                    "loss, for the reference recipe (the minimal GPT script's CPU recipe) and "
+                                    "gptlab's speedrun recipe (gptlab/configs/speedrun.yaml, chosen by lesson 7; "
+                                    "its settings are printed), side by side on the same validation windows. "
+                                    "--vs-script also runs the minimal GPT script itself from your checkout and "
+                                    "compares whole processes (data preparation included).")
+    add_set(q, "change the speedrun recipe, e.g. --set train.lr=0.002 (repeatable)")
+    q.add_argument("--recipe", metavar="FILE",
+                   help="another recipe as a config file (default gptlab/configs/speedrun.yaml)")
+    q.add_argument("--vs-script", metavar="DIR", help="a checkout of the minimal GPT script (nanoGPT: the folder "
+                   "with its train.py); its CPU recipe runs first, timed as a whole process")
     q.add_argument("--corpus", metavar="PATH", help="tinyshakespeare.txt (default: ../shared/data/tinyshakespeare.txt "
                    "when present)")
     q.add_argument("--target", type=number(0, low_open=True), default=1.886,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gptlab.cli import main
-from gptlab.lab.lessons.speedrun import FULL_RECIPE, REFERENCE, TRICKS, crossing, variants
+from gptlab.lab.lessons.speedrun import FULL_RECIPE, REFERENCE, TRICKS, crossing, fastest_arm, variants
 
 
 def test_the_arms_are_the_reference_each_trick_alone_all_and_leave_one_out():
@@ -43,3 +43,13 @@ def test_a_scale_profile_has_no_single_target_to_read():
     assert {v.name for v in grid.variants} == set(SCALE_ARMS) and len(grid.conditions) == 6
     results = SimpleNamespace(meta={"grid": {"settings": grid.settings}}, conditions=["xs-500"])
     assert to_target(results) is None
+
+
+def test_the_fastest_arm_is_read_paired_by_seed_among_arms_that_always_reach_the_target():
+    arms = {REFERENCE: {0: (100, 10.0), 1: (100, 20.0)},
+            "+a": {0: (50, 5.0), 1: (50, 10.0)},  # half the reference's seconds in each seed
+            "+b": {0: (40, 2.0), 1: None},  # faster, but misses the target in seed 1
+            "+c": {0: (80, 4.0), 1: (80, 18.0)}}  # ratios 0.4 and 0.9: geometric mean 0.6
+    name, ratio = fastest_arm(arms)
+    assert name == "+a" and ratio == pytest.approx(0.5)
+    assert fastest_arm({REFERENCE: arms[REFERENCE], "+b": arms["+b"]}) is None

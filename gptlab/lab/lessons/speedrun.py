@@ -144,15 +144,17 @@ class SpeedrunLesson(Lesson):
             hit = {s: v for s, v in per_seed.items() if v is not None}
             tokens = [v[0] for v in hit.values()]
             seconds = [v[1] for v in hit.values()]
-            ratio = ["—", "—"]
-            if arm != REFERENCE and len(hit) == len(per_seed) and base:
-                for i in (0, 1):
-                    shared = [s for s in hit if base.get(s)]
-                    if shared:
-                        ratio[i] = f"{math.exp(np.mean([math.log(hit[s][i] / base[s][i]) for s in shared])):.2f}×"
+            ratios = [ratio_to_reference(per_seed, base, i) for i in (0, 1)] if arm != REFERENCE else [None, None]
             rows.append([arm, f"{len(hit)}/{len(per_seed)}", f"{np.mean(tokens):,.0f}" if tokens else "—",
-                         f"{np.mean(seconds):.1f}" if seconds else "—", *ratio])
+                         f"{np.mean(seconds):.1f}" if seconds else "—",
+                         *(f"{r:.2f}×" if r is not None else "—" for r in ratios)])
         blocks.append(Block("table", items=rows))
+        fastest = fastest_arm(arms)
+        if fastest is not None:
+            blocks.append(Block("p", f"Fastest to the target on this machine: **{fastest[0]}**, {fastest[1]:.2f}× the "
+                                     "reference's training seconds (the rule gptlab's speedrun recipe, "
+                                     "gptlab/configs/speedrun.yaml, was chosen by; `gptlab bench time-to-loss` "
+                                     "tests it on other data and another seed)."))
         comps = target_comparisons(arms, self.comparisons())
         if comps:
             blocks.append(Block("p", f"Log tokens to target, paired by seed: a second Holm family of {len(comps)} "
@@ -195,6 +197,29 @@ def to_target(results) -> tuple[float, dict[str, dict[int, tuple[float, float] |
     for arm in results.variants:
         arms[arm] = {c.seed: crossing(c.summary.get("val_curve", []), target) for c in results.arm(condition, arm)}
     return target, {a: v for a, v in arms.items() if v}
+
+
+def ratio_to_reference(per_seed: dict, base: dict, i: int) -> float | None:
+    """Geometric mean over seeds of an arm's tokens (i=0) or seconds (i=1) to the target over the reference's,
+    for an arm that reaches the target in every seed; None otherwise."""
+    if not per_seed or any(v is None for v in per_seed.values()):
+        return None
+    shared = [s for s in per_seed if base.get(s)]
+    if not shared:
+        return None
+    return math.exp(np.mean([math.log(per_seed[s][i] / base[s][i]) for s in shared]))
+
+
+def fastest_arm(arms: dict) -> tuple[str, float] | None:
+    """The arm with the fewest training seconds to the target relative to the reference (paired by seed, geometric
+    mean), among the arms that reach it in every seed; None when no arm but the reference does."""
+    base = arms.get(REFERENCE, {})
+    ratios = {arm: ratio_to_reference(per_seed, base, 1) for arm, per_seed in arms.items() if arm != REFERENCE}
+    ratios = {arm: r for arm, r in ratios.items() if r is not None}
+    if not ratios:
+        return None
+    best = min(ratios, key=ratios.get)
+    return best, ratios[best]
 
 
 def target_comparisons(arms: dict, pairs: list[tuple[str, str]]) -> list[stats.Comparison]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gptlab.cli import main
-from gptlab.lab.lessons.speedrun import FULL_RECIPE, REFERENCE, TRICKS, crossing, fastest_arm, variants
+from gptlab.lab.lessons.speedrun import FULL_RECIPE, REFERENCE, TRICKS, crossing, fewest_tokens_arm, variants
 
 
 def test_the_arms_are_the_reference_each_trick_alone_all_and_leave_one_out():
@@ -45,11 +45,11 @@ def test_a_scale_profile_has_no_single_target_to_read():
     assert to_target(results) is None
 
 
-def test_the_fastest_arm_is_read_paired_by_seed_among_arms_that_always_reach_the_target():
-    arms = {REFERENCE: {0: (100, 10.0), 1: (100, 20.0)},
-            "+a": {0: (50, 5.0), 1: (50, 10.0)},  # half the reference's seconds in each seed
-            "+b": {0: (40, 2.0), 1: None},  # faster, but misses the target in seed 1
-            "+c": {0: (80, 4.0), 1: (80, 18.0)}}  # ratios 0.4 and 0.9: geometric mean 0.6
-    name, ratio = fastest_arm(arms)
+def test_the_recipe_arm_has_the_fewest_tokens_paired_by_seed_among_arms_that_always_reach_the_target():
+    arms = {REFERENCE: {0: (100, 10.0), 1: (200, 20.0)},
+            "+a": {0: (50, 50.0), 1: (100, 99.0)},  # half the reference's tokens in each seed (slow seconds: ignored)
+            "+b": {0: (20, 2.0), 1: None},  # fewer, but misses the target in seed 1
+            "+c": {0: (40, 4.0), 1: (180, 18.0)}}  # ratios 0.4 and 0.9: geometric mean 0.6
+    name, ratio = fewest_tokens_arm(arms)
     assert name == "+a" and ratio == pytest.approx(0.5)
-    assert fastest_arm({REFERENCE: arms[REFERENCE], "+b": arms["+b"]}) is None
+    assert fewest_tokens_arm({REFERENCE: arms[REFERENCE], "+b": arms["+b"]}) is None

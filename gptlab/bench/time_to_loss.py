@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from gptlab.allocator import retain_freed_memory
 from gptlab.config import RunConfig, build_config, to_dict
 from gptlab.data import BatchSampler, TokenData, eval_batches, load_data, prepare
 from gptlab.errors import GptlabError
@@ -120,6 +121,7 @@ def bench_time_to_loss(corpus: str | None, target: float, check_every: int, reci
     path = find_corpus(corpus)
     recipe_path = Path(recipe_file) if recipe_file else RECIPE
     threads = set_threads(threads)
+    retain_freed_memory()  # as in training (gptlab.allocator); both recipes run under it
     reference_cfg = build_config(PRESET, [f"train.threads={threads}"])
     recipe_cfg = build_config(recipe_path, [f"train.threads={threads}", *overrides])
     settings = recipe_settings(reference_cfg, recipe_cfg)

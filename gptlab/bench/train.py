@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import torch
 
+from gptlab.allocator import minor_faults, retain_freed_memory
 from gptlab.bench.hardware import matmul_peak, synchronize
 from gptlab.config import RunConfig, build_config
+from gptlab.io import atomic_write_text
 from gptlab.model import GPT, count_parameters, flops_per_token
 from gptlab.train.distributed import set_threads
 from gptlab.train.loop import check_device, optimizer_step
@@ -22,15 +23,16 @@ from gptlab.train.optim import build_optimizer
 BENCH_DEFAULTS = ["model.block_size=256", "train.batch_size=4"]
 
 
-def _time_steps(step_fn, steps: int, warmup: int, device: str = "cpu") -> float:
+def _time_steps(step_fn, steps: int, warmup: int, device: str = "cpu") -> tuple[float, float]:
+    """Seconds for `steps` steps after `warmup`, and the minor page faults per timed step."""
     for _ in range(warmup):
         step_fn()
     synchronize(device)
-    t0 = time.perf_counter()
+    f0, t0 = minor_faults(), time.perf_counter()
     for _ in range(steps):
         step_fn()
     synchronize(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, (minor_faults() - f0) / steps
 
 
 def time_gptlab(cfg: RunConfig, steps: int, warmup: int) -> dict:
@@ -45,9 +47,9 @@ def time_gptlab(cfg: RunConfig, steps: int, warmup: int) -> dict:
                    for _ in range(cfg.train.grad_accum)]
         optimizer_step(model, opt, batches, cfg.train, cfg.train.lr)
 
-    seconds = _time_steps(step, steps, warmup, device)
+    seconds, faults = _time_steps(step, steps, warmup, device)
     tokens = steps * B * T * cfg.train.grad_accum
-    return {"tokens_per_s": tokens / seconds, "flops_per_token": flops_per_token(model, T),
+    return {"tokens_per_s": tokens / seconds, "faults_per_step": faults, "flops_per_token": flops_per_token(model, T),
             "parameters": count_parameters(model)}
 
 
@@ -77,8 +79,8 @@ def time_transformers(cfg: RunConfig, steps: int, warmup: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    seconds = _time_steps(step, steps, warmup, device)
-    return {"tokens_per_s": steps * B * T * t.grad_accum / seconds}
+    seconds, faults = _time_steps(step, steps, warmup, device)
+    return {"tokens_per_s": steps * B * T * t.grad_accum / seconds, "faults_per_step": faults}
 
 
 def bench_train(config_file: str | None, overrides: list[str], steps: int, warmup: int, vs: str | None,
@@ -86,24 +88,30 @@ def bench_train(config_file: str | None, overrides: list[str], steps: int, warmu
     cfg = build_config(config_file, BENCH_DEFAULTS + list(overrides))
     check_device(cfg.train.device)
     threads = set_threads(cfg.train.threads)
+    retained = retain_freed_memory()  # as in training; it holds for transformers' steps too (one process)
     peak = matmul_peak(device=cfg.train.device)
     ours = time_gptlab(cfg, steps, warmup)
     mfu = ours["tokens_per_s"] * ours["flops_per_token"] / peak
     result = {"bench": "train", "device": cfg.train.device, "threads": threads, "dtype": cfg.train.dtype, "parameters": ours["parameters"],
               "batch": cfg.train.batch_size, "block_size": cfg.model.block_size,
-              "fp32_matmul_peak_gflops": peak / 1e9, "gptlab_tokens_per_s": ours["tokens_per_s"], "gptlab_mfu": mfu}
+              "fp32_matmul_peak_gflops": peak / 1e9, "gptlab_tokens_per_s": ours["tokens_per_s"], "gptlab_mfu": mfu,
+              "freed_memory_retained": retained, "gptlab_faults_per_step": ours["faults_per_step"]}
     m = cfg.model
     print(f"shape: {m.n_layer} layers, {m.n_head} heads, d {m.n_embd}, vocab {m.vocab_size}, "
           f"{ours['parameters'] / 1e6:.1f}M parameters; batch {cfg.train.batch_size} × {m.block_size}, "
-          f"{cfg.train.dtype}, {threads} threads" + (", on the GPU" if cfg.train.device == "cuda" else ""))
+          f"{cfg.train.dtype}, {threads} threads" + (", on the GPU" if cfg.train.device == "cuda" else "")
+          + ("" if retained else "; freed memory goes back to the system (GPTLAB_MALLOC=system or not glibc)"))
     print(f"fp32 matmul peak (2048², same run): {peak / 1e9:8.1f} GFLOP/s")
-    print(f"gptlab:        {ours['tokens_per_s']:10,.0f} tokens/s   MFU {100 * mfu:5.1f} % of that peak")
+    print(f"gptlab:        {ours['tokens_per_s']:10,.0f} tokens/s   MFU {100 * mfu:5.1f} % of that peak   "
+          f"{ours['faults_per_step']:9,.0f} page faults per step")
     if vs == "transformers":
         theirs = time_transformers(cfg, steps, warmup)
         ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
-        result.update({"transformers_tokens_per_s": theirs["tokens_per_s"], "ratio_vs_transformers": ratio})
-        print(f"transformers:  {theirs['tokens_per_s']:10,.0f} tokens/s   gptlab / transformers = {ratio:.2f}×")
+        result.update({"transformers_tokens_per_s": theirs["tokens_per_s"], "ratio_vs_transformers": ratio,
+                       "transformers_faults_per_step": theirs["faults_per_step"]})
+        print(f"transformers:  {theirs['tokens_per_s']:10,.0f} tokens/s   gptlab / transformers = {ratio:.2f}×   "
+              f"{theirs['faults_per_step']:9,.0f} page faults per step")
     print(json.dumps(result))
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
     return result

@@ -30,6 +30,7 @@ from gptlab.train.checkpoint import (Checkpoint, load_checkpoint, load_model_sta
                                      restore_optimizer, save_checkpoint)
 from gptlab.train.callbacks import (Callback, LogitProbe, NonFinitePolicy, PeftExport, QATWatch, ResumeContinuity,
                                     SpikeWatch)
+from gptlab.allocator import retain_freed_memory
 from gptlab.train.distributed import Distributed, set_threads
 from gptlab.train.losses import lm_loss, z_loss
 from gptlab.train.metrics import MetricsLog
@@ -192,6 +193,7 @@ class Trainer:
     def _build(self, cfg: RunConfig, data: TokenData, resume: bool, init_state: dict | None, info: dict | None,
                extra: list[Callback]):
         self.threads = set_threads(cfg.train.threads)
+        retain_freed_memory()  # every step's large buffers reuse the last step's pages (gptlab.allocator)
         torch.manual_seed(cfg.train.seed)
         self.model = GPT(cfg.model).to(cfg.train.device)
         if init_state is not None:

@@ -152,8 +152,8 @@ class SpeedrunLesson(Lesson):
         fewest = fewest_tokens_arm(arms)
         if fewest is not None:
             blocks.append(Block("p", f"Fewest tokens to the target: **{fewest[0]}**, {fewest[1]:.2f}× the reference's. "
-                                     "gptlab's speedrun recipe (gptlab/configs/speedrun.yaml) is the arm this rule "
-                                     "picks: tokens do not depend on the machine or on what else it runs, training "
+                                     "gptlab's speedrun recipe (gptlab/configs/speedrun.yaml) is chosen by this rule: "
+                                     "tokens do not depend on the machine or on what else it runs, training "
                                      "seconds do (a cell's seconds grow with any other load during it). "
                                      "`gptlab bench time-to-loss` times the recipe against the reference, alone on "
                                      "the machine, on other data and another seed."))

@@ -26,7 +26,7 @@ from gptlab.document import Block, fmt, fmt_p
 from gptlab.errors import ConfigError
 from gptlab.lab import stats
 
-DIRECTIONS = ("lower", "higher", "same")
+DIRECTIONS = ("lower", "higher", "same", "not-higher")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Claim:
     a: str
     b: str | None  # None: a's metric against zero (e.g. a loss increase)
     metric: str
-    expect: str  # b against a (or a against 0): "lower" | "higher" | "same"
+    expect: str  # b against a (or a against 0): "lower" | "higher" | "same" | "not-higher" (at least as low)
 
     def where(self, results) -> str:
         names = [self.condition] if isinstance(self.condition, str) else list(self.condition)
@@ -94,6 +94,10 @@ def _by_seed(results, condition: str, variant: str, metric: str) -> dict[int, fl
 
 
 def verdict_of(c: stats.Comparison, expect: str) -> str:
+    if expect == "not-higher":  # "at least as low": shown by a significant decrease or by equivalence
+        if c.significant():
+            return "agrees" if c.diff < 0 else "disagrees"
+        return "agrees" if c.equivalent() else "not shown here"
     if expect == "same":
         if c.significant():
             return "disagrees"
@@ -147,7 +151,7 @@ def literature_blocks(lesson: str, results, margin: float) -> list[Block]:
             digits = 4 if abs(c.diff) < 100 else 0  # losses to 4 places; tokens/s whole
             number = (f"{c.diff:+.{digits}f} ({fmt(c.ci_low, digits)} to {fmt(c.ci_high, digits)}, "
                       f"Holm p {fmt_p(c.p_adjusted)}"
-                      + (f", TOST ±{margin:g} p {fmt_p(c.p_equivalent_adjusted)}" if cl.expect == "same" else "")
+                      + (f", TOST ±{margin:g} p {fmt_p(c.p_equivalent_adjusted)}" if cl.expect in ("same", "not-higher") else "")
                       + (f"; MDE {fmt(c.mde, digits)}" if not c.significant() else "") + ")")
             verdict = verdict_of(c, cl.expect)
             if verdict == "disagrees" and cit.if_disagrees:

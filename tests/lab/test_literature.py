@@ -46,7 +46,8 @@ def comparison(diff: float, sd: float = 0.01, n: int = 8, margin: float = 0.01) 
 
 @pytest.mark.parametrize("diff,expect,verdict", [
     (-0.1, "lower", "agrees"), (0.1, "lower", "disagrees"), (0.1, "higher", "agrees"), (0.0005, "lower", "not shown here"),
-    (0.0, "same", "agrees"), (0.1, "same", "disagrees")])
+    (0.0, "same", "agrees"), (0.1, "same", "disagrees"),
+    (-0.1, "not-higher", "agrees"), (0.0, "not-higher", "agrees"), (0.1, "not-higher", "disagrees")])
 def test_the_verdict_follows_the_direction_and_equivalence(diff, expect, verdict):
     assert literature.verdict_of(comparison(diff), expect) == verdict
 

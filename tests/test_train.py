@@ -49,6 +49,15 @@ def test_resume_after_a_crash_is_bit_exact(char_data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_resumed_at_its_end_still_reports_its_final_val_loss(char_data, tmp_path):
+    # a lesson cell killed between its last checkpoint and its summary is resumed this way: the summary it then
+    # writes must carry the same final val loss, not None
+    run = tmp_path / "run"
+    first = train(char_data, run, tiny_config("train.max_steps=10"), progress=False)
+    again = resume(run, progress=False)
+    assert again["step"] == 10 and first["val_loss"] is not None and again["val_loss"] == first["val_loss"]
+
+
 def test_resume_can_extend_training_but_not_change_the_run(char_data, tmp_path):
     run = tmp_path / "run"
     train(char_data, run, tiny_config("train.max_steps=10"), progress=False)

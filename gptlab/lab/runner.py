@@ -214,9 +214,7 @@ def run_lesson(lesson: Lesson, profile: str, out: str | Path, jobs: int = 1, see
         bar.update(1)
         if bar.disable and progress is None:  # a log file rather than a terminal: one line per cell
             value = summary.get(lesson.metric) if summary else None
-            shown = f"{value:.4f}" if isinstance(value, (int, float)) else "—"
-            wall = f"{summary['wall_s']:.0f} s" if summary and isinstance(summary.get("wall_s"), (int, float)) else "—"
-            result = "failed" if summary is None else f"{lesson.metric_label} {shown}, {wall}"
+            result = "failed" if summary is None else f"{lesson.metric_label} {value:.4f}, {summary['wall_s']:.0f} s"
             print(f"[{count[0]}/{len(cells)}] {c.name}: {result}", file=sys.stderr, flush=True)
 
     def submit_args(c: Cell):

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from gptlab.adapters.lora import trainable_report
+from gptlab.allocator import retain_freed_memory
 from gptlab.config import RunConfig, TrainConfig, to_dict
 from gptlab.data import BatchSampler, TokenData, eval_batches, load_data
 from gptlab.errors import CheckpointError, ConfigError, GptlabError
@@ -30,7 +31,6 @@ from gptlab.train.checkpoint import (Checkpoint, load_checkpoint, load_model_sta
                                      restore_optimizer, save_checkpoint)
 from gptlab.train.callbacks import (Callback, LogitProbe, NonFinitePolicy, PeftExport, QATWatch, ResumeContinuity,
                                     SpikeWatch)
-from gptlab.allocator import retain_freed_memory
 from gptlab.train.distributed import Distributed, set_threads
 from gptlab.train.losses import lm_loss, z_loss
 from gptlab.train.metrics import MetricsLog
@@ -339,6 +339,10 @@ class Trainer:
                         self.save()
                 elif self.step % cfg.checkpoint_every == 0:
                     self.save()
+            if last_val is None and self.step == cfg.max_steps:
+                # resumed at the end (e.g. killed between its last checkpoint and whatever came after): the final
+                # evaluation is not in this process, so the summary reads it again (the same fixed windows)
+                last_val = estimate_loss(self.model, self.data.val, self.cfg, self.dist)
             for cb in self.callbacks:
                 cb.on_end(self)
         finally:

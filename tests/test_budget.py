@@ -29,7 +29,7 @@ def test_planned_steps_are_the_highest_rung_that_fits():
     rungs = (250, 350, 500, 700, 1000, 1500)
     assert plan_steps(0.2, 3, rungs) == 700  # 180 s × 0.9 / 0.2 = 810 steps fit
     assert plan_steps(0.1620, 3, rungs) == 1000  # exactly 1,000 fit
-    assert plan_steps(0.05, 3, rungs) == 1500  # a fast machine stops at the recipe's length
+    assert plan_steps(0.05, 3, rungs) == 1500  # a fast machine stops at the ladder's top
     assert plan_steps(5.0, 3, rungs) == 250  # a slow one still gets a curve worth reading
     assert plan_steps(float("nan"), 3, rungs) == 250
 
@@ -43,14 +43,14 @@ def test_measuring_a_step_leaves_the_random_state_alone():
 
 
 def test_the_quickstart_plans_its_steps_from_the_measured_step_time(monkeypatch, capsys):
-    monkeypatch.setattr(budget, "seconds_per_step", lambda step: 0.3)
+    monkeypatch.setattr(budget, "seconds_per_step", lambda step: 0.05)  # 3,240 steps fit in 3 min less 10 %
     cfg = quickstart.sized_to_machine(tiny_config("train.max_steps=1500"), 40, minutes=3)
-    assert cfg.train.max_steps == 500 and "500 steps fit in about 3 min" in capsys.readouterr().out
+    assert cfg.train.max_steps == 2800 and "2800 steps fit in about 3 min" in capsys.readouterr().out
     cfg = quickstart.sized_to_machine(tiny_config("train.max_steps=1500"), 40, minutes=30)
-    assert cfg.train.max_steps == 1500
-    monkeypatch.setattr(budget, "seconds_per_step", lambda step: 3.0)
+    assert cfg.train.max_steps == max(quickstart.RUNGS) and "the ladder's top" in capsys.readouterr().out
+    monkeypatch.setattr(budget, "seconds_per_step", lambda step: 1.0)
     cfg = quickstart.sized_to_machine(tiny_config("train.max_steps=1500"), 40, minutes=3)
-    assert cfg.train.max_steps == 250 and "the lowest rung" in capsys.readouterr().out
+    assert cfg.train.max_steps == min(quickstart.RUNGS) and "the lowest rung" in capsys.readouterr().out
 
 
 def test_a_rung_scales_the_schedule_but_keeps_what_the_user_set():

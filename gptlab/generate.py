@@ -65,27 +65,38 @@ def check_prompt(model: GPT, prompt: list[int], max_new_tokens: int = 0) -> None
 
 
 def generate(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, seed: int | None = None, use_cache: bool = True) -> Iterator[int]:
+             top_p: float | None = None, seed: int | None = None, use_cache: bool = True,
+             compiled: bool = False) -> Iterator[int]:
     """Yield `max_new_tokens` new token ids one at a time. The arguments are checked when it is called, before
     the first token is asked for.
 
     A model with a bounded position table (learned positions) keeps a sliding window: when the context is
     full, the cache is rebuilt from the last three quarters of the window and decoding continues. Without a
     bound the cache grows as the text does.
+
+    `compiled`: each new token runs a step compiled once for the whole generation (`gptlab.static_decode`):
+    the same tokens, less overhead per token, after a compile of seconds. Not for a generation that outgrows a
+    bounded position table (it decodes eagerly then).
     """
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     check_prompt(model, prompt, max_new_tokens)
-    return _decode(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache)
+    return _decode(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache, compiled)
 
 
 @torch.no_grad()
 def _decode(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int | None,
-            top_p: float | None, seed: int | None, use_cache: bool) -> Iterator[int]:
+            top_p: float | None, seed: int | None, use_cache: bool, compiled: bool = False) -> Iterator[int]:
     if max_new_tokens == 0:
         return
     limit = model.max_positions()
     device = model.wte.weight.device
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    if compiled and use_cache and (limit is None or len(prompt) + max_new_tokens <= limit):
+        from gptlab.static_decode import decode_static
+
+        yield from decode_static(model, prompt, max_new_tokens,
+                                 lambda logits: next_token(logits, temperature, top_k, top_p, generator))
+        return
     tokens = list(prompt)
     capacity = limit if limit is not None else len(prompt) + max_new_tokens
     cache = model.new_cache(1, min(capacity, len(prompt) + FIRST_CACHE)) if use_cache else None

@@ -97,7 +97,7 @@ LAYERS = (
     ("config", "tokenizers", "corpus", "memory", "model.filters", "train.distributed", "train.losses",
      "train.efficiency", "train.metrics", "train.checkpoint", "bench.hardware", "bench.minimal_script", "quant.native"),
     ("data", "model.*"),  # the model knows nothing of what is built on it
-    ("rundir", "bands", "evaluate", "generate", "budget", "train.optim", "train.probes", "quant.fake", "quant.kernels", "quant.linear",
+    ("rundir", "bands", "evaluate", "static_decode", "generate", "budget", "train.optim", "train.probes", "quant.fake", "quant.kernels", "quant.linear",
      "quant.ptq", "quant.qat", "adapters.lora", "adapters.peft_format"),  # techniques: transforms of a built model
     ("transforms", "run", "interop.hf_tokenizer", "interop.hf", "interop.lm_eval",
      "interop.gguf_export", "interop.llama_cpp_check", "quant.inspect", "adapters.merge", "report"),

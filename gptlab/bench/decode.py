@@ -36,13 +36,28 @@ def weight_bytes_per_token(model: GPT) -> int:
     return total - sum(t.weight.numel() * t.weight.element_size() for t in tables if t is not None)
 
 
-def time_gptlab(model: GPT, prompt: list[int], new_tokens: int, repeats: int) -> tuple[float, list[int]]:
+def time_gptlab(model: GPT, prompt: list[int], new_tokens: int, repeats: int,
+                compiled: bool = False) -> tuple[float, list[int]]:
     out: list[int] = []
 
     def run():
-        out[:] = list(generate(model, prompt, new_tokens, temperature=0.0))
+        out[:] = list(generate(model, prompt, new_tokens, temperature=0.0, compiled=compiled))
 
     return best_time(run, repeats), out
+
+
+def time_compiled(model: GPT, prompt: list[int], new_tokens: int, repeats: int) -> tuple[float, list[int], float, str]:
+    """The compiled static decode step: steady-state seconds and tokens, the first generation's seconds (the
+    compile included) and how its steps ran."""
+    import time
+
+    from gptlab import static_decode
+
+    t0 = time.perf_counter()
+    list(generate(model, prompt, new_tokens, temperature=0.0, compiled=True))
+    first, how = time.perf_counter() - t0, static_decode.status
+    seconds, tokens = time_gptlab(model, prompt, new_tokens, repeats, compiled=True)
+    return seconds, tokens, first, how
 
 
 def hf_twin(model: GPT):
@@ -124,7 +139,8 @@ def time_llama_cpp(model: GPT, prompt: list[int], new_tokens: int, repeats: int,
 
 
 def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int, new_tokens: int, repeats: int,
-                 dtype: str, vs: str | None, json_out: str | None, quant: str = "none") -> dict:
+                 dtype: str, vs: str | None, json_out: str | None, quant: str = "none",
+                 compiled: bool = False) -> dict:
     cfg = build_config(config_file, list(overrides))
     if prompt_len < 1 or new_tokens < 1:
         raise GptlabError("--prompt-tokens and --new-tokens must both be at least 1")
@@ -170,7 +186,17 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
           + (", on the GPU" if device == "cuda" else ""))
     print(f"read bandwidth (same run): {bandwidth / 1e9:6.1f} GB/s; weights read per token "
           f"{bytes_per_token / 1e6:.0f} MB → bound {bound:6.1f} tokens/s")
-    print(f"gptlab:        {ours:8.1f} tokens/s   {100 * ours / bound:5.1f} % of the bandwidth bound")
+    print(f"gptlab:        {ours:8.1f} tokens/s   {100 * ours / bound:5.1f} % of the bandwidth bound"
+          + ("   (eager)" if compiled else ""))
+    if compiled:
+        seconds, static_tokens, first_s, how = time_compiled(model, prompt, new_tokens, repeats)
+        static = new_tokens / seconds
+        result.update({"gptlab_compiled_tokens_per_s": static, "gptlab_compiled_fraction_of_bound": static / bound,
+                       "compiled_vs_eager": static / ours, "compiled_first_generation_s": first_s,
+                       "compiled_status": how, "compiled_same_tokens_as_eager": static_tokens == ours_tokens})
+        print(f"gptlab static: {static:8.1f} tokens/s   {100 * static / bound:5.1f} % of the bandwidth bound   "
+              f"{static / ours:.2f}× eager; {how}; first generation {first_s:.1f} s; same greedy tokens as eager: "
+              f"{'yes' if static_tokens == ours_tokens else 'the first ' + str(tokens_agreeing(static_tokens, ours_tokens))}")
     if quant != "none":
         from gptlab.quant import kernels
 
@@ -189,6 +215,9 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
         result["tokens_agreeing"] = agree
         print(f"transformers:  {theirs:8.1f} tokens/s ({dtype})   gptlab / transformers = {ours / theirs:.2f}×   "
               f"(same greedy tokens: {'yes' if same else f'the first {agree}'})")
+        if compiled:
+            result["compiled_ratio_vs_transformers"] = static / theirs
+            print(f"               gptlab static / transformers = {static / theirs:.2f}×")
     if vs == "llama.cpp":
         import llama_cpp
 

@@ -17,7 +17,7 @@ def cmd_bench_decode(args: argparse.Namespace) -> None:
     from gptlab.bench.decode import bench_decode
 
     bench_decode(args.config, with_device(args), args.prompt_tokens, args.new_tokens, args.repeats, args.dtype,
-                 args.vs, args.json, args.quant)
+                 args.vs, args.json, args.quant, args.compile)
 
 
 def cmd_bench_time_to_loss(args: argparse.Namespace) -> None:
@@ -71,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--quant", choices=["none", "int8", "int4"], default="none", help="int8 (per channel) or int4 "
                    "(groups of 32) weights in every linear layer, on gptlab's integer kernels; transformers stays "
                    "fp32, the baseline a user would otherwise run")
+    q.add_argument("--compile", action="store_true", help="also time gptlab's compiled static decode step (a "
+                   "fixed-size cache, compiled once per generation length; `gptlab sample --compile`), beside the "
+                   "eager one, with its compile time")
     _common(q, vs=("transformers", "llama.cpp"))
     q.set_defaults(func=cmd_bench_decode)
 

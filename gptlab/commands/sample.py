@@ -27,7 +27,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     check_prompt(model, ids, args.max_new_tokens)  # before anything is printed
     for i in range(args.num_samples):
         seed = None if args.seed is None else args.seed + i
-        tokens = generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, seed)
+        tokens = generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, seed,
+                          compiled=args.compile)
         if prompt:
             sys.stdout.write(prompt)
         decoder = StreamingDecoder(tok)
@@ -37,6 +38,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
         sys.stdout.write(decoder.flush() + "\n")
         if i + 1 < args.num_samples:
             sys.stdout.write("-" * 40 + "\n")
+    if args.compile:
+        from gptlab import static_decode
+
+        print(f"decoding: {static_decode.status}", file=sys.stderr)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=count(0, 2**63 - 1 - 10**6), help="make sampling repeatable")
     p.add_argument("--num-samples", type=count(1, 10**6), default=1)
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--compile", action="store_true", help="decode with a step compiled once (torch.compile, a "
+                   "fixed-size cache): less overhead per token after a compile of seconds; worth it for long or "
+                   "many samples. Falls back to eager decoding where compiling fails, and says so")
     add_device_arg(p, "sample")
     p.add_argument("--adapter", metavar="ADAPTER_DIR", help="add a LoRA adapter (gptlab finetune or PEFT) to --run")
     p.add_argument("--quant", choices=["none", "int8", "int4"], default="none", help="quantize the weights of "

@@ -57,7 +57,7 @@ class CausalSelfAttention(nn.Module):
             y = manual_attention(q, k, v, causal_mask(positions, k_pos, bias, q.dtype), p, self.training)
         elif bias is None and k.shape[2] == T:  # a whole sequence: the fused causal kernel
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
-        elif bias is None and T == 1:  # one new token sees every cached key
+        elif bias is None and T == 1 and not (cache is not None and cache.masked):  # sees every cached key
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         else:
             mask = causal_mask(positions, k_pos, bias, q.dtype)

@@ -13,6 +13,8 @@ from gptlab.errors import GptlabError
 
 
 class KVCache:
+    masked = False  # holds only written positions: one new token may attend to all of them without a mask
+
     def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, max_len: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
         shape = (n_layer, batch, n_head, max_len, head_dim)
@@ -55,7 +57,7 @@ class KVCache:
 
 class LayerCache:
     def __init__(self, cache: KVCache, index: int):
-        self.cache, self.index = cache, index
+        self.cache, self.index, self.masked = cache, index, cache.masked
 
     def append(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Store the new keys/values; return all keys, values and key positions seen so far."""
@@ -67,3 +69,48 @@ class LayerCache:
         end = start + n
         k_pos = torch.cat([c.positions[:start], positions]) if start else positions
         return c.k[self.index, :, :, :end], c.v[self.index, :, :, :end], k_pos
+
+
+# Key position of a slot not yet written: later than any query, so the causal mask hides it.
+EMPTY_SLOT = 2 ** 62
+
+
+class StaticKVCache:
+    """A KV cache whose tensors never change shape, for a decode step compiled once (`gptlab.static_decode`).
+
+    Slot i holds position i. Every forward pass attends to all `max_len` slots; the slots not yet written carry
+    the key position EMPTY_SLOT, so the causal mask hides them. Where to write comes from the positions tensor,
+    never from a Python integer, so a compiled step sees the same graph at every position. The caller keeps the
+    count of positions written (`StaticDecoder`) and never writes past `max_len`.
+    """
+
+    masked = True  # the attention must apply the causal mask even for one new token
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        # one tensor per layer, not views of one: a compiled step then writes each in place, where writing into a
+        # view of a shared buffer made the compiler copy the whole buffer at every layer
+        self.k = [torch.zeros((batch, n_head, max_len, head_dim), dtype=dtype, device=device) for _ in range(n_layer)]
+        self.v = [torch.zeros_like(k) for k in self.k]
+        self.positions = torch.full((max_len,), EMPTY_SLOT, dtype=torch.long, device=device)
+        self.max_len = max_len
+
+    def layer(self, index: int) -> "StaticLayerCache":
+        return StaticLayerCache(self, index)
+
+    def key_positions(self, new: Tensor) -> Tensor:
+        return self.positions.index_copy(0, new, new)
+
+    def advance(self, n: int, positions: Tensor) -> None:
+        self.positions[positions] = positions
+
+
+class StaticLayerCache:
+    def __init__(self, cache: StaticKVCache, index: int):
+        self.cache, self.index, self.masked = cache, index, cache.masked
+
+    def append(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        keys, values = self.cache.k[self.index], self.cache.v[self.index]
+        keys[:, :, positions] = k
+        values[:, :, positions] = v
+        return keys, values, self.cache.key_positions(positions)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from gptlab.config import ModelConfig
 from gptlab.model.attention import CausalSelfAttention
-from gptlab.model.cache import KVCache
+from gptlab.model.cache import KVCache, StaticKVCache
 from gptlab.model.mlp import MLP
 from gptlab.model.positions import PositionScheme, Prepared, build_positions
 
@@ -81,12 +81,16 @@ class GPT(nn.Module):
     def max_positions(self) -> int | None:
         return self.positions.max_positions()
 
-    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None,
+                  static: bool = False) -> KVCache | StaticKVCache:
+        """A growing cache, or (static) one of fixed shape for a compiled decode step."""
         p = self.wte.weight
-        return KVCache(self.cfg.n_layer, batch, self.cfg.n_head, self.cfg.head_dim, max_len,
-                       dtype=dtype or p.dtype, device=p.device)
+        kind = StaticKVCache if static else KVCache
+        return kind(self.cfg.n_layer, batch, self.cfg.n_head, self.cfg.head_dim, max_len,
+                    dtype=dtype or p.dtype, device=p.device)
 
-    def forward(self, idx: Tensor, positions: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+    def forward(self, idx: Tensor, positions: Tensor | None = None,
+                cache: KVCache | StaticKVCache | None = None) -> Tensor:
         """Logits (B, T, vocab) for token ids `idx` (B, T) at absolute `positions` (T,).
 
         Without `positions` the tokens sit at 0..T-1, or right after what `cache` already holds.

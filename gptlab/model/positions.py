@@ -68,13 +68,14 @@ class LearnedPositions(PositionScheme):
 
     def embed(self, x: Tensor, positions: Tensor) -> Tensor:
         last = self.wpe.num_embeddings - 1
-        if positions.numel() and int(positions.max()) > last:
-            if not self.clamp:
-                raise GptlabError(
-                    f"position {int(positions.max())} is beyond the learned position table "
-                    f"({self.wpe.num_embeddings} positions, model.block_size); use a shorter prompt or context, "
-                    "or --set model.learned_overflow=clamp to reuse the last learned position for every later one")
+        if self.clamp:
             positions = positions.clamp(max=last)
+        # a compiled decode step cannot read a tensor's value; its caller never passes the table's end
+        elif not torch.compiler.is_compiling() and positions.numel() and int(positions.max()) > last:
+            raise GptlabError(
+                f"position {int(positions.max())} is beyond the learned position table "
+                f"({self.wpe.num_embeddings} positions, model.block_size); use a shorter prompt or context, "
+                "or --set model.learned_overflow=clamp to reuse the last learned position for every later one")
         return x + self.wpe(positions)
 
 

@@ -40,6 +40,29 @@ def _dequant_matmul(x: Tensor, w: Tensor, scale: Tensor) -> Tensor:
 _compiled_matmul = None
 
 
+# The C++ kernels as custom operators, so that a compiled decode step (`gptlab.static_decode`) can call them
+# inside its graph instead of failing to trace a pybind11 function. Eager calls go to the module directly: the
+# operator's dispatch costs more per call than the kernel saves at decode sizes.
+@torch.library.custom_op("gptlab::int8_gemv", mutates_args=())
+def _int8_gemv_op(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    return native.load().int8_gemv(x, w, scale, bias)
+
+
+@_int8_gemv_op.register_fake
+def _(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    return x.new_empty((x.shape[0], w.shape[0]))
+
+
+@torch.library.custom_op("gptlab::int4_gemv", mutates_args=())
+def _int4_gemv_op(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group: int, bias: Tensor) -> Tensor:
+    return native.load().int4_gemv(x, packed, scale, offset, group, bias)
+
+
+@_int4_gemv_op.register_fake
+def _(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group: int, bias: Tensor) -> Tensor:
+    return x.new_empty((x.shape[0], packed.shape[0]))
+
+
 def _native_fits(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None, code_dtype=torch.int8) -> bool:
     """float32 inputs on the CPU without autograd (the kernels have no backward), contiguous operands."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == code_dtype and w.is_contiguous()
@@ -63,7 +86,8 @@ def int4_linear(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group:
     if kernel is None:
         return None
     status = f"gptlab int4 kernel (C++, {native.isa})"
-    y = kernel.int4_gemv(x.reshape(rows, k), packed, scale, offset, group, bias if bias is not None else x.new_empty(0))
+    gemv = _int4_gemv_op if torch.compiler.is_compiling() else kernel.int4_gemv
+    y = gemv(x.reshape(rows, k), packed, scale, offset, group, bias if bias is not None else x.new_empty(0))
     return y.reshape(*x.shape[:-1], packed.shape[0])
 
 
@@ -74,7 +98,8 @@ def int8_linear(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None) -> Ten
     if rows <= NATIVE_MAX_ROWS and _native_fits(x, w, scale, bias) and (kernel := native.load()) is not None:
         status = f"gptlab int8 kernel (C++, {native.isa})"
         empty = x.new_empty(0)
-        y = kernel.int8_gemv(x.reshape(rows, x.shape[-1]), w, scale, bias if bias is not None else empty)
+        gemv = _int8_gemv_op if torch.compiler.is_compiling() else kernel.int8_gemv
+        y = gemv(x.reshape(rows, x.shape[-1]), w, scale, bias if bias is not None else empty)
         return y.reshape(*x.shape[:-1], w.shape[0])
     if rows > MAX_GEMV_ROWS and x.device.type == "cpu" and _compiled is not False and not torch.is_grad_enabled():
         if _compiled_matmul is None:  # a prompt: dequantizing in eager mode would take longer than the matmul

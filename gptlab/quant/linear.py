@@ -129,6 +129,8 @@ class QuantLinear(nn.Module):
     def group_scales(self) -> tuple[Tensor, Tensor, int]:
         """(scale, offset, group size) with w = (stored nibble − offset) · scale, both (out, in / group); kept
         until the scales or zero points change in place (set_weight, load_state_dict bump their versions)."""
+        if torch.compiler.is_compiling() and hasattr(self, "_group_scales"):  # a compiled decode step: the prompt,
+            return self._group_scales[1:]  # run eagerly just before, made them from the weights it decodes with
         key = (self.scale._version, self.scale.data_ptr(), getattr(self, "zero", self.scale)._version)
         if getattr(self, "_group_scales", (None,))[0] != key:
             self._group_scales = (key, *self._compute_group_scales())

@@ -118,7 +118,7 @@ def sized_to_machine(cfg, vocab_size: int, minutes: float):
     measured = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
     step_s = seconds_per_step(training_step(measured, vocab_size))
     steps = plan_steps(step_s, minutes, RUNGS)
-    note = (f" (the ladder's top; more time would not add steps)" if steps == max(RUNGS) else
+    note = (" (the ladder's top; more time would not add steps)" if steps == max(RUNGS) else
             f" (the lowest rung: a curve worth reading takes about {steps * step_s / 60:.1f} min here)"
             if steps * step_s > minutes * 60 else "")
     print(f"    one step takes {step_s:.3f} s here: {steps} steps fit in about {minutes:g} min of training{note}; "

@@ -1,7 +1,5 @@
 from gptlab.quickstart import quickstart
 
-from tests.conftest import tiny_config  # noqa: F401  (same tiny shapes as the other tests)
-
 
 def test_quickstart_trains_samples_and_writes_a_report(tmp_path, capsys):
     small = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=4",

@@ -19,7 +19,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         raise ConfigError(f"{args.run} is not a gptlab run (no config.yaml); give the --out of `gptlab train`")
     chosen = load_band(args.band) if args.band else None
     samples = _samples(args.run, args.samples) if args.samples else []
-    path = write_summary(args.run, args.title or f"gptlab run {Path(args.run).name}", run_facts(args.run), samples,
+    path = write_summary(args.run, args.title or f"gptlab run {Path(args.run).as_posix()}", run_facts(args.run), samples,
                          chosen=chosen)
     print(band_verdict(args.run, chosen=chosen)[1])
     print(f"wrote {path} (+ loss_curve.png)")

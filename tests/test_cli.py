@@ -37,6 +37,23 @@ def test_sample_and_eval(trained_run, capsys):
     assert "length      8: val loss" in out and "length     32: cannot run" in out
 
 
+def test_sample_compile_streams_the_same_text_and_says_how_it_decoded(trained_run, capsys, monkeypatch):
+    import torch
+
+    from gptlab import static_decode
+
+    torch._dynamo.reset()  # traced by Dynamo, run without Inductor: the CLI path, without seconds of compiling
+    monkeypatch.setattr(static_decode, "_compiled_step", torch.compile(
+        static_decode._last_logits, backend="eager", dynamic=False, fullgraph=True))
+    argv = ["sample", "--run", str(trained_run), "--prompt", "The ", "--max-new-tokens", "10", "--temperature", "0"]
+    assert main(argv) == 0
+    eager = capsys.readouterr().out
+    assert main(argv + ["--compile"]) == 0
+    out = capsys.readouterr()
+    assert out.out == eager and "decoding: compiled static step" in out.err
+    torch._dynamo.reset()
+
+
 def test_eval_per_position_curve_and_eval_time_settings(trained_run, tmp_path, capsys):
     out_json, out_png = tmp_path / "eval.json", tmp_path / "pos.png"
     assert main(["eval", "--run", str(trained_run), "--lengths", "16,32", "--set", "model.learned_overflow=clamp",

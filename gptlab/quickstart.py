@@ -39,6 +39,7 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
     meta = load_data(data_dir).meta if is_data_dir(data_dir) else prepare("shakespeare", data_dir, "char")
     print(f"    {meta['train_tokens']:,} train / {meta['val_tokens']:,} val characters, vocabulary {meta['vocab_size']}, "
           f"{len(meta['split']['val_documents'])} works held out for validation", flush=True)
+    phases = {"prepare": time.perf_counter() - t0}
     run_dir = out / "run"
     print(f"2/3 training into {run_dir} ...", flush=True)
     if is_run(run_dir):  # an interrupted quickstart picks up where it stopped
@@ -53,6 +54,7 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
         cfg = on_rung(cfg, cfg.train.max_steps, keep=chosen)
         print_expected_band(cfg, meta)
         summary = train(out / "data", run_dir, cfg)
+    phases["train"] = time.perf_counter() - t0 - phases["prepare"]
     print("3/3 sampling ...", flush=True)
     model, tok, cfg = load_model(run_dir, "best")
     samples = []
@@ -61,6 +63,8 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
         samples.append(text)
         print("-" * 60 + "\n" + text, flush=True)
     wall = time.perf_counter() - t0
+    phases["sample"] = wall - phases["prepare"] - phases["train"]
+    timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items())
     m = cfg.model
     facts = {
         "corpus": f"complete works of Shakespeare, char level ({meta['vocab_size']} symbols)",
@@ -69,11 +73,11 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
         "training": f"{summary['step']} steps × {cfg.train.batch_size} × {m.block_size} tokens, "
                     f"{summary['elapsed_s']:.0f} s, {summary['tokens_per_s']:,.0f} tokens/s",
         "best val loss": f"{summary['best_val_loss']:.4f} nats/char",
-        "quickstart wall time": f"{wall:.0f} s",
+        "quickstart wall time": f"{wall:.0f} s ({timing})",
     }
     report = write_summary(run_dir, "gptlab quickstart", facts, samples)
     print("-" * 60)
-    print(f"best val loss {summary['best_val_loss']:.4f}; wall time {wall:.0f} s; report: {report}")
+    print(f"best val loss {summary['best_val_loss']:.4f}; wall time {wall:.0f} s ({timing}); report: {report}")
     print(f"against the reference band: {band_verdict(run_dir)[1]}")
     return report
 

@@ -37,7 +37,6 @@ class StaticDecoder:
         self.model, self.length = model, 0
         self.cache = model.new_cache(1, capacity, static=True)
         self.device = model.wte.weight.device
-        self.compiled = compiled
         self.why_eager: str | None = None if compiled else "not asked to compile"
         self.compile_s = 0.0  # the first compiled step's wall time (compiling included)
 

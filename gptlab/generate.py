@@ -91,12 +91,17 @@ def _decode(model: GPT, prompt: list[int], max_new_tokens: int, temperature: flo
     limit = model.max_positions()
     device = model.wte.weight.device
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    if compiled and use_cache and (limit is None or len(prompt) + max_new_tokens <= limit):
-        from gptlab.static_decode import decode_static
+    if compiled:
+        from gptlab import static_decode
 
-        yield from decode_static(model, prompt, max_new_tokens,
-                                 lambda logits: next_token(logits, temperature, top_k, top_p, generator))
-        return
+        if use_cache and (limit is None or len(prompt) + max_new_tokens <= limit):
+            yield from static_decode.decode_static(model, prompt, max_new_tokens,
+                                                   lambda logits: next_token(logits, temperature, top_k, top_p,
+                                                                             generator))
+            return
+        static_decode.status = ("eager (no KV cache asked for)" if not use_cache else
+                                f"eager ({len(prompt)} + {max_new_tokens} tokens outgrow the model's {limit} positions: "
+                                "its window slides, which a fixed-size cache cannot)")
     tokens = list(prompt)
     capacity = limit if limit is not None else len(prompt) + max_new_tokens
     cache = model.new_cache(1, min(capacity, len(prompt) + FIRST_CACHE)) if use_cache else None

@@ -80,6 +80,8 @@ def test_past_the_learned_table_decoding_slides_its_window_eagerly(counted):
     expected = list(generate(m, [1, 2, 3, 4, 5], 40, temperature=0))
     assert list(generate(m, [1, 2, 3, 4, 5], 40, temperature=0, compiled=True)) == expected
     assert counted.frame_count == 0
+    assert static_decode.status == ("eager (5 + 40 tokens outgrow the model's 32 positions: its window slides, "
+                                    "which a fixed-size cache cannot)")
 
 
 def test_a_full_static_cache_refuses_another_step():

@@ -117,6 +117,11 @@ def build_band(name: str, title: str, run_dirs: list[str | Path], command: str, 
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"the runs repeat a seed ({sorted(seeds)}); a band spreads over distinct seeds")
     curves = [dict(val_curve(d)) for d in run_dirs]
+    for d, (cfg, _), curve in zip(run_dirs, runs, curves):
+        last = max(curve, default=0)
+        if last < cfg.train.max_steps:  # a band of runs still training would stop at their last common evaluation
+            raise ConfigError(f"{d} has not finished: its last evaluation is at step {last} of "
+                              f"{cfg.train.max_steps}; a band is made of finished runs (let it finish, or resume it)")
     steps = sorted(set.intersection(*(set(c) for c in curves)))
     if not steps:
         raise ConfigError("the runs share no evaluation step (no val_loss in common); let them finish evaluating")

@@ -29,7 +29,8 @@ def band(mean=(3.0, 2.6, 2.4, 2.3), half=0.05) -> Band:
 def fake_run(path, seed: int, losses, overrides=()) -> None:
     """A run directory as `gptlab train` leaves it, without training: config, data identity, metrics."""
     path.mkdir(parents=True)
-    save_yaml(apply_overrides(RunConfig(), [f"train.seed={seed}", *overrides]), path / "config.yaml")
+    save_yaml(apply_overrides(RunConfig(), [f"train.seed={seed}", f"train.max_steps={STEPS[-1]}", *overrides]),
+              path / "config.yaml")
     (path / "run.json").write_text(json.dumps({"tokenizer": "char", "tokens_sha256": {"train": "a", "val": "b"}}))
     records = [{"step": s, "loss": v + 0.1, "tokens_per_s": 1000.0} for s, v in zip(STEPS, losses)]
     records += [{"step": s, "val_loss": v} for s, v in zip(STEPS, losses)]
@@ -106,6 +107,17 @@ def test_a_band_needs_five_distinct_seeds_of_one_config(tmp_path):
     fake_run(tmp_path / "again", 0, [2.0] * 4)
     with pytest.raises(ConfigError, match="repeat a seed"):
         build_band("x", "x", runs[:4] + [tmp_path / "again"], "cmd", "cpu")
+
+
+def test_a_band_is_made_of_finished_runs_only(tmp_path):
+    """A run still training has evaluated only its first steps: a band with it would end there, silently."""
+    for seed in range(MIN_SEEDS):
+        fake_run(tmp_path / f"s{seed}", seed, [2.0] * 4)
+    fake_run(tmp_path / "training", 7, [2.0] * 2)
+    runs = [tmp_path / f"s{seed}" for seed in range(1, MIN_SEEDS)] + [tmp_path / "training"]
+    with pytest.raises(ConfigError, match="training has not finished: its last evaluation is at step 100 of 200"):
+        build_band("x", "x", runs, "cmd", "cpu")
+    assert build_band("x", "x", [tmp_path / f"s{seed}" for seed in range(MIN_SEEDS)], "cmd", "cpu").steps == STEPS
 
 
 def test_the_fingerprint_ignores_the_seed_threads_and_logging_and_nothing_that_changes_the_curve():

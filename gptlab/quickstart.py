@@ -64,7 +64,7 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
         print("-" * 60 + "\n" + text, flush=True)
     wall = time.perf_counter() - t0
     phases["sample"] = wall - phases["prepare"] - phases["train"]
-    timing = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items())
+    timing = ", ".join(f"{name} {seconds:.{0 if seconds >= 10 else 1}f} s" for name, seconds in phases.items())
     m = cfg.model
     facts = {
         "corpus": f"complete works of Shakespeare, char level ({meta['vocab_size']} symbols)",

@@ -9,7 +9,7 @@ def test_quickstart_trains_samples_and_writes_a_report(tmp_path, capsys):
     report = quickstart(tmp_path / "qs", small, max_steps=10)
     out = capsys.readouterr().out
     assert "1/3 preparing" in out and "3/3 sampling" in out and out.count("HAMLET.") >= 1
-    assert re.search(r"wall time \d+ s \(prepare \d+ s, train \d+ s, sample \d+ s\)", out)
+    assert re.search(r"wall time \d+ s \(prepare [\d.]+ s, train [\d.]+ s, sample [\d.]+ s\)", out)
     text = report.read_text()
     assert "best val loss" in text and "![loss curve](loss_curve.png)" in text and text.count("### Sample") == 3
     png = (tmp_path / "qs" / "run" / "loss_curve.png").read_bytes()

@@ -92,4 +92,5 @@ def decode_static(model: GPT, prompt: list[int], max_new_tokens: int, pick: Call
         if i < max_new_tokens - 1:
             logits = decoder.step(token)
     status = (f"eager static step ({decoder.why_eager})" if decoder.why_eager else
-              f"compiled static step (first step {decoder.compile_s:.1f} s, compiling included)")
+              f"compiled static step (first step {decoder.compile_s:.1f} s, compiling included)"
+              if decoder.compile_s >= 0.1 else "compiled static step (compiled already in this process)")

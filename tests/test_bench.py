@@ -75,6 +75,15 @@ def test_bench_train_reports_mfu_and_ratio(tmp_path):
     assert 0 < result["gptlab_mfu"] < 1 and result["ratio_vs_transformers"] > 0
 
 
+def test_bench_train_compiles_the_model_when_the_config_asks(monkeypatch, capsys):
+    """train.compile is honoured as the trainer honours it, not silently ignored."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or model)
+    assert main(["bench", "train", *TINY, "--set", "train.batch_size=2", "--steps", "1", "--warmup", "0",
+                 "--set", "train.compile=true"]) == 0
+    assert len(compiled) == 1 and isinstance(compiled[0], GPT) and "torch.compile" in capsys.readouterr().out
+
+
 def test_time_to_loss_stops_at_the_first_check_under_the_target(char_data):
     from gptlab.bench.time_to_loss import time_to_loss
     from gptlab.data import load_data

@@ -40,12 +40,13 @@ def time_gptlab(cfg: RunConfig, steps: int, warmup: int) -> dict:
     torch.manual_seed(0)
     model = GPT(cfg.model).to(device).train()
     opt = build_optimizer(model, cfg.train)
+    runner = torch.compile(model) if cfg.train.compile else model  # as the trainer runs it (warmup compiles)
     B, T, V = cfg.train.batch_size, cfg.model.block_size, cfg.model.vocab_size
 
     def step():
         batches = [(torch.randint(V, (B, T), device=device), torch.randint(V, (B, T), device=device))
                    for _ in range(cfg.train.grad_accum)]
-        optimizer_step(model, opt, batches, cfg.train, cfg.train.lr)
+        optimizer_step(runner, opt, batches, cfg.train, cfg.train.lr)
 
     seconds, faults = _time_steps(step, steps, warmup, device)
     tokens = steps * B * T * cfg.train.grad_accum
@@ -99,7 +100,8 @@ def bench_train(config_file: str | None, overrides: list[str], steps: int, warmu
     m = cfg.model
     print(f"shape: {m.n_layer} layers, {m.n_head} heads, d {m.n_embd}, vocab {m.vocab_size}, "
           f"{ours['parameters'] / 1e6:.1f}M parameters; batch {cfg.train.batch_size} × {m.block_size}, "
-          f"{cfg.train.dtype}, {threads} threads" + (", on the GPU" if cfg.train.device == "cuda" else "")
+          f"{cfg.train.dtype}, {threads} threads" + (", torch.compile" if cfg.train.compile else "")
+          + (", on the GPU" if cfg.train.device == "cuda" else "")
           + ("" if retained else "; freed memory goes back to the system (GPTLAB_MALLOC=system or not glibc)"))
     print(f"fp32 matmul peak (2048², same run): {peak / 1e9:8.1f} GFLOP/s")
     print(f"gptlab:        {ours['tokens_per_s']:10,.0f} tokens/s   MFU {100 * mfu:5.1f} % of that peak   "

@@ -51,7 +51,7 @@ class CausalSelfAttention(nn.Module):
         q, k = scheme.apply_rotation(q, k, prepared)
         positions, k_pos, bias = prepared.q_pos, prepared.k_pos, prepared.bias
         if cache is not None:
-            k, v, _ = cache.append(k, v, positions)
+            k, v = cache.append(k, v, positions)
         p = self.dropout if self.training else 0.0
         if self.manual:
             y = manual_attention(q, k, v, causal_mask(positions, k_pos, bias, q.dtype), p, self.training)

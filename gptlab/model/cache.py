@@ -59,16 +59,15 @@ class LayerCache:
     def __init__(self, cache: KVCache, index: int):
         self.cache, self.index, self.masked = cache, index, cache.masked
 
-    def append(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Store the new keys/values; return all keys, values and key positions seen so far."""
+    def append(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Store the new keys/values after those held (a static cache writes at `positions`); return all keys and
+        values seen so far. Their positions are the forward pass's `key_positions`, computed once for every layer."""
         c, start, n = self.cache, self.cache.length, k.shape[2]
         if start + n > c.max_len:
             raise GptlabError(f"KV cache is full ({c.max_len} positions); allocate a longer cache")
         c.k[self.index, :, :, start: start + n] = k
         c.v[self.index, :, :, start: start + n] = v
-        end = start + n
-        k_pos = torch.cat([c.positions[:start], positions]) if start else positions
-        return c.k[self.index, :, :, :end], c.v[self.index, :, :, :end], k_pos
+        return c.k[self.index, :, :, : start + n], c.v[self.index, :, :, : start + n]
 
 
 # Key position of a slot not yet written: later than any query, so the causal mask hides it.
@@ -109,8 +108,8 @@ class StaticLayerCache:
     def __init__(self, cache: StaticKVCache, index: int):
         self.cache, self.index, self.masked = cache, index, cache.masked
 
-    def append(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def append(self, k: Tensor, v: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         keys, values = self.cache.k[self.index], self.cache.v[self.index]
         keys[:, :, positions] = k
         values[:, :, positions] = v
-        return keys, values, self.cache.key_positions(positions)
+        return keys, values

@@ -77,14 +77,15 @@ def check_cpu() -> Check:
 
 
 def check_kernels() -> Check:
-    from gptlab.quant import native
+    from gptlab import native
 
     kernel = native.load()
     if kernel is not None:
-        return Check("int_kernels", "ok", f"gptlab's C++ int8 / int4 kernels run here, built for {native.isa} "
-                                          "(quantized decoding uses them)", {"native": True, "isa": native.isa})
+        return Check("int_kernels", "ok", f"gptlab's C++ kernels run here, built for {native.isa} "
+                                          "(quantized layers and the compiled decode step use them)", {"native": True, "isa": native.isa})
     return Check("int_kernels", "unavailable", f"the C++ kernels are not used: {native.why_not}; quantized "
-                                               "layers take the torch.compile or dequantize path instead",
+                                               "layers take the torch.compile or dequantize path instead, "
+                                               "attention the library kernel",
                  {"native": False, "why_not": native.why_not})
 
 

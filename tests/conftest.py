@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import settings
 
+from gptlab import native
 from gptlab.config import RunConfig, build_config
 from gptlab.data import prepare
 
@@ -63,3 +64,15 @@ TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_siz
 
 def tiny_config(*overrides: str) -> RunConfig:
     return build_config(overrides=TINY + list(overrides))
+
+
+def kernel_for(isa: str):
+    """The C++ kernels built for `isa`, every instruction set this CPU runs; a skip naming why not."""
+    if isa not in native.supported_isas():
+        pytest.skip(f"this CPU does not run {isa} ({torch.backends.cpu.get_cpu_capability()})")
+    try:
+        kernel = native.load_isa(isa)
+    except Exception as e:  # no compiler here: the library paths are tested instead
+        pytest.skip(f"the C++ kernels could not be built here: {e}")
+    assert kernel.isa == isa
+    return kernel

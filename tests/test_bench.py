@@ -9,7 +9,8 @@ from gptlab.bench.decode import weight_bytes_per_token
 from gptlab.cli import main
 from gptlab.config import build_config
 from gptlab.model import GPT
-from gptlab.quant import kernels, native
+from gptlab import native
+from gptlab.quant import kernels
 
 TINY = ["--set", "model.n_layer=2", "--set", "model.n_head=2", "--set", "model.n_embd=32", "--set",
         "model.vocab_size=300", "--set", "model.block_size=64"]

@@ -25,7 +25,9 @@ from gptlab.quant.linear import QuantLinear
 from gptlab.quant.fake import QuantSpec, fake_quant
 from gptlab.quant.ptq import quantize, quantized_layers
 from gptlab.quant.fake import compute_scales, fake_quant_ste, grouped
-from gptlab.quant import kernels, native
+from gptlab import native
+from gptlab.quant import kernels
+from tests.conftest import kernel_for
 from gptlab.quant.kernels import int8_linear
 from gptlab.quant.ptq import target_filter
 from gptlab.quant.qat import gradient_ratio
@@ -115,18 +117,6 @@ def test_a_reloaded_4bit_layer_uses_its_new_scales():
         q(x)  # the kernel's scale layout is built and kept here ...
         q.load_state_dict(other.state_dict())  # ... and must not outlive the scales it came from
         assert torch.allclose(q(x), F.linear(x, other.dequantized(), other.bias), atol=1e-5)
-
-
-def kernel_for(isa: str):
-    """The C++ kernels built for `isa`, every instruction set this CPU runs; a skip naming why not."""
-    if isa not in native.supported_isas():
-        pytest.skip(f"this CPU does not run {isa} ({torch.backends.cpu.get_cpu_capability()})")
-    try:
-        kernel = native.load_isa(isa)
-    except Exception as e:  # no compiler here: QuantLinear's other paths are tested above
-        pytest.skip(f"the C++ kernels could not be built here: {e}")
-    assert kernel.isa == isa
-    return kernel
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])

@@ -103,12 +103,12 @@ def test_inductor_compiles_the_step_and_keeps_the_greedy_tokens():
 
 @pytest.mark.parametrize("bits", ["int8", "int4"])
 def test_quantized_layers_call_their_kernels_inside_the_compiled_step(bits, counted):
-    from gptlab.quant import native
+    from gptlab import native
     from gptlab.quant.ptq import quantize_on_load
 
     m = GPT(ModelConfig(vocab_size=61, n_layer=2, n_head=2, n_embd=64, block_size=64)).eval()
     quantize_on_load(m, bits)
     expected = list(generate(m, [1, 2, 3], 20, temperature=0))
     assert list(generate(m, [1, 2, 3], 20, temperature=0, compiled=True)) == expected
-    if native.load() is not None:  # the kernels as custom operators: traced, not a reason to decode eagerly
+    if native.load() is not None:  # the kernels as torch operators: traced, not a reason to decode eagerly
         assert static_decode.status.startswith("compiled static step") and counted.frame_count == 1

@@ -200,7 +200,7 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
     if quant != "none":
         from gptlab.quant import kernels
 
-        from gptlab.quant import native
+        from gptlab import native
 
         result["kernel"] = kernels.status
         print(f"kernel:        {kernels.status}"

@@ -3,8 +3,8 @@
 Decoding reads every weight once per token, so its speed is set by bytes read: int8 weights read a quarter of
 fp32's, 4-bit ones an eighth. Library int8 kernels (`torch._weight_int8pack_mm`, torchao's weight-only int8) are
 slower than fp32 on 2-core AVX-512 CPUs. int8, in order of preference:
-1. gptlab's C++ kernel (csrc/int_gemv.cpp, built on first use, see `native`) for up to NATIVE_MAX_ROWS rows:
-   about 2.5× faster than fp32 `F.linear` over a 124M model's layers;
+1. gptlab's C++ kernel (native/csrc/int_gemv.cpp, built on first use, see `gptlab.native`) for up to NATIVE_MAX_ROWS
+   rows:   about 2.5× faster than fp32 `F.linear` over a 124M model's layers;
 2. a dequantize-multiply-sum fused by `torch.compile` (≤ MAX_GEMV_ROWS rows; ~1.5× fp32 with weights streaming
    from memory, ~2× in cache), or a compiled dequantize + matmul for more rows;
 3. dequantize + `F.linear` in eager mode (slower than fp32: the float weights are rebuilt on every call).
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gptlab.quant import native
+from gptlab import native
 
 MAX_GEMV_ROWS = 4  # above this many rows a dequantized matmul is faster than the fused row loop
 NATIVE_MAX_ROWS = 64  # measured: the C++ kernel beats the compiled dequantize + matmul up to here, ties at 128
@@ -38,29 +38,6 @@ def _dequant_matmul(x: Tensor, w: Tensor, scale: Tensor) -> Tensor:
 
 
 _compiled_matmul = None
-
-
-# The C++ kernels as custom operators, so that a compiled decode step (`gptlab.static_decode`) can call them
-# inside its graph instead of failing to trace a pybind11 function. Eager calls go to the module directly: the
-# operator's dispatch costs more per call than the kernel saves at decode sizes.
-@torch.library.custom_op("gptlab::int8_gemv", mutates_args=())
-def _int8_gemv_op(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-    return native.load().int8_gemv(x, w, scale, bias)
-
-
-@_int8_gemv_op.register_fake
-def _(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-    return x.new_empty((x.shape[0], w.shape[0]))
-
-
-@torch.library.custom_op("gptlab::int4_gemv", mutates_args=())
-def _int4_gemv_op(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group: int, bias: Tensor) -> Tensor:
-    return native.load().int4_gemv(x, packed, scale, offset, group, bias)
-
-
-@_int4_gemv_op.register_fake
-def _(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group: int, bias: Tensor) -> Tensor:
-    return x.new_empty((x.shape[0], packed.shape[0]))
 
 
 def _native_fits(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None, code_dtype=torch.int8) -> bool:
@@ -86,7 +63,8 @@ def int4_linear(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group:
     if kernel is None:
         return None
     status = f"gptlab int4 kernel (C++, {native.isa})"
-    gemv = _int4_gemv_op if torch.compiler.is_compiling() else kernel.int4_gemv
+    # inside a compiled graph, the same kernel as a torch operator (see `native`)
+    gemv = native.operator("int4_gemv") if torch.compiler.is_compiling() else kernel.int4_gemv
     y = gemv(x.reshape(rows, k), packed, scale, offset, group, bias if bias is not None else x.new_empty(0))
     return y.reshape(*x.shape[:-1], packed.shape[0])
 
@@ -98,7 +76,7 @@ def int8_linear(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None) -> Ten
     if rows <= NATIVE_MAX_ROWS and _native_fits(x, w, scale, bias) and (kernel := native.load()) is not None:
         status = f"gptlab int8 kernel (C++, {native.isa})"
         empty = x.new_empty(0)
-        gemv = _int8_gemv_op if torch.compiler.is_compiling() else kernel.int8_gemv
+        gemv = native.operator("int8_gemv") if torch.compiler.is_compiling() else kernel.int8_gemv
         y = gemv(x.reshape(rows, x.shape[-1]), w, scale, bias if bias is not None else empty)
         return y.reshape(*x.shape[:-1], w.shape[0])
     if rows > MAX_GEMV_ROWS and x.device.type == "cpu" and _compiled is not False and not torch.is_grad_enabled():
@@ -106,6 +84,7 @@ def int8_linear(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None) -> Ten
             _compiled_matmul = torch.compile(_dequant_matmul, dynamic=True)
         try:
             y = _compiled_matmul(x.reshape(rows, x.shape[-1]), w, scale).reshape(*x.shape[:-1], w.shape[0])
+            status = "dequantize + matmul (torch.compile)"
             return y + bias.to(y.dtype) if bias is not None else y
         except Exception as e:  # the same fallback as below, said once
             _compiled = False

@@ -1,11 +1,14 @@
-"""Building and loading gptlab's C++ integer kernels (csrc/int_gemv.cpp: int8 and 4-bit weights) on first use.
+"""Building and loading gptlab's C++ kernels on first use: int8 and 4-bit weight-only matrix products
+(csrc/int_gemv.cpp) and one token's attention over a fixed-size KV cache (csrc/decode_attention.cpp).
 
 The kernels are compiled once per machine with torch's extension builder (a C++ compiler and ninja; the `ninja`
-package is a gptlab dependency) into ~/.cache/gptlab/kernels (or $GPTLAB_KERNEL_CACHE), ~20 s the first time,
+package is a gptlab dependency) into ~/.cache/gptlab/kernels (or $GPTLAB_KERNEL_CACHE), ~30 s the first time,
 then loaded in well under a second. One source is built per instruction set: AVX-512 (16 lanes) where the CPU has
 it, else AVX2 + FMA (8 lanes); GPTLAB_KERNEL_ISA=avx2 forces the AVX2 build on an AVX-512 CPU. Where neither can
-be had (another CPU, no compiler) `load()` returns None with the reason in `why_not`, and callers take the
-torch.compile or dequantizing paths.
+be had (another CPU, no compiler) `load()` returns None with the reason in `why_not`, and callers take their
+library paths. Each build is also registered as torch operators, `torch.ops.gptlab_<isa>.<kernel>` (`operator`),
+which a compiled graph calls without returning to Python; eager code calls the module's functions, which is cheaper.
+This is the lowest layer of gptlab: it imports nothing of it.
 """
 
 from __future__ import annotations
@@ -19,16 +22,18 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "int_gemv.cpp"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = ["int_gemv.cpp", "decode_attention.cpp", "module.cpp"]  # and the header they share, vec.h
 FLAGS = {"avx512": ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-DGPTLAB_AVX512"],
          "avx2": ["-O3", "-mavx2", "-mfma", "-fopenmp"]}
-STALE_LOCK_S = 600  # a build takes ~20 s; a lock this old was left by a killed build
+STALE_LOCK_S = 600  # a build takes ~30 s; a lock this old was left by a killed build
 
 _module = None
 why_not: str | None = None  # why the kernel is not used, once a load was tried and failed
 isa: str | None = None  # the instruction set of the loaded kernels
 _lock = threading.Lock()
 _by_isa: dict[str, object] = {}  # builds asked for by name (tests force each path the CPU supports)
+_shapes_registered: set[str] = set()
 
 
 def supported_isas() -> list[str]:
@@ -53,9 +58,10 @@ def build_directory(isa: str = "avx512") -> Path:
     torch's builder holds a lock file there while compiling; a build killed midway leaves it behind and every
     later build would wait on it forever, so a lock older than STALE_LOCK_S is removed first.
     """
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS[isa]).encode() + torch.__version__.encode()).hexdigest()
+    code = b"".join(path.read_bytes() for path in sorted(CSRC.iterdir()) if path.suffix in (".cpp", ".h"))
+    digest = hashlib.sha256(code + " ".join(FLAGS[isa]).encode() + torch.__version__.encode()).hexdigest()
     root = Path(os.environ.get("GPTLAB_KERNEL_CACHE", Path.home() / ".cache" / "gptlab" / "kernels"))
-    directory = root / f"int_gemv-{isa}-{digest[:16]}"
+    directory = root / f"kernels-{isa}-{digest[:16]}"
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / "lock"
     if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
@@ -69,12 +75,31 @@ def build(isa: str):
 
     _put_ninja_on_path()
     directory = build_directory(isa)
-    name = f"gptlab_int_gemv_{isa}"
+    name = f"gptlab_kernels_{isa}"
     if not (directory / f"{name}.so").is_file():  # say why the first call takes a while
-        print(f"building gptlab's integer kernels for {isa} (first use on this machine, ~20 s) ...", file=sys.stderr,
+        print(f"building gptlab's C++ kernels for {isa} (first use on this machine, ~30 s) ...", file=sys.stderr,
               flush=True)
-    return load_extension(name, [str(SOURCE)], extra_cflags=FLAGS[isa], extra_ldflags=["-fopenmp"],
-                          build_directory=str(directory), verbose=False)
+    module = load_extension(name, [str(CSRC / source) for source in SOURCES], extra_cflags=FLAGS[isa],
+                            extra_ldflags=["-fopenmp"], build_directory=str(directory), verbose=False)
+    _register_shapes(f"gptlab_{isa}")
+    return module
+
+
+def _register_shapes(namespace: str) -> None:
+    """What each operator returns, for tracing without running it (torch.compile)."""
+    if namespace in _shapes_registered:
+        return
+    _shapes_registered.add(namespace)
+    fake = torch.library.register_fake
+    fake(f"{namespace}::int8_gemv")(lambda x, w, scale, bias: x.new_empty((x.shape[0], w.shape[0])))
+    fake(f"{namespace}::int4_gemv")(
+        lambda x, w, scale, offset, group, bias: x.new_empty((x.shape[0], w.shape[0])))
+    fake(f"{namespace}::decode_attention")(lambda q, k, v, visible: q.new_empty((k.shape[0], k.shape[1], 1, k.shape[3])))
+
+
+def operator(name: str):
+    """The loaded build's kernel `name` as a torch operator (load() first)."""
+    return getattr(getattr(torch.ops, f"gptlab_{isa}"), name)
 
 
 def load_isa(name: str):

@@ -1,0 +1,74 @@
+// Attention of one new token over a fixed-size KV cache (gptlab.static_decode): softmax(q·kᵀ/√d)·v over the keys
+// the mask shows, for every (batch, head) row. The fused library kernel attends to every slot of the cache and
+// masks afterwards; this one skips hidden slots before reading them, so an early token of a long generation reads
+// only the keys written so far. Rows are split across torch's threads. One source per instruction set (vec.h).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "vec.h"
+
+namespace {
+
+using gptlab::V;
+
+float dot(const float* a, const float* b, int64_t n) {
+  V::T acc = V::zero();
+  int64_t i = 0;
+  for (; i + V::L <= n; i += V::L) acc = V::fma(V::load(a + i), V::load(b + i), acc);
+  float s = V::sum(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void add_scaled(float a, const float* x, float* y, int64_t n) {  // y += a · x
+  const V::T av = V::set1(a);
+  int64_t i = 0;
+  for (; i + V::L <= n; i += V::L) V::store(y + i, V::fma(av, V::load(x + i), V::load(y + i)));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+}  // namespace
+
+torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor visible) {
+  TORCH_CHECK(k.dim() == 4 && k.scalar_type() == torch::kFloat32 && k.is_contiguous() && v.sizes() == k.sizes() &&
+              v.scalar_type() == torch::kFloat32 && v.is_contiguous(),
+              "k and v must be contiguous float32 (batch, heads, slots, head dim) of one shape");
+  const int64_t B = k.size(0), H = k.size(1), S = k.size(2), D = k.size(3);
+  TORCH_CHECK(q.scalar_type() == torch::kFloat32 && q.numel() == B * H * D, "q must be float32 (batch, heads, 1, ", D,
+              ")");
+  TORCH_CHECK(visible.scalar_type() == torch::kBool && visible.numel() == S, "visible must be bool with one entry "
+              "per slot (", S, ")");
+  const auto qc = q.contiguous();
+  const auto mask = visible.contiguous();
+  auto out = torch::empty({B, H, 1, D}, q.options());
+  const float *qp = qc.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const bool* shown = mask.data_ptr<bool>();
+  float* op = out.data_ptr<float>();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<float> scores(S);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *qr = qp + r * D, *kr = kp + r * S * D, *vr = vp + r * S * D;
+      float* o = op + r * D;
+      float top = -std::numeric_limits<float>::infinity();
+      for (int64_t s = 0; s < S; ++s)
+        if (shown[s]) top = std::max(top, scores[s] = dot(qr, kr + s * D, D) * scale);
+      std::fill(o, o + D, 0.f);
+      float total = 0.f;
+      for (int64_t s = 0; s < S; ++s)
+        if (shown[s]) {
+          const float p = std::exp(scores[s] - top);
+          total += p;
+          add_scaled(p, vr + s * D, o, D);
+        }
+      // no visible key: NaN, as the library kernel gives for a fully masked row
+      const float inv = total > 0.f ? 1.f / total : std::numeric_limits<float>::quiet_NaN();
+      for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+    }
+  });
+  return out;
+}

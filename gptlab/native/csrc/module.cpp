@@ -1,0 +1,39 @@
+// gptlab's C++ kernels, twice: as a Python module (the cheapest call from eager code) and as torch operators in a
+// namespace of their own per instruction set (gptlab_avx512, gptlab_avx2), so a compiled graph calls them from C++
+// without going back to Python, and both builds can be loaded in one process (the tests compare them).
+#include <torch/extension.h>
+
+#include "vec.h"
+
+torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor scale, torch::Tensor bias);
+torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor scale, torch::Tensor offset, int64_t G,
+                        torch::Tensor bias);
+torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor visible);
+
+#if defined(GPTLAB_AVX512)
+#define GPTLAB_OPS gptlab_avx512
+#else
+#define GPTLAB_OPS gptlab_avx2
+#endif
+// one more macro level, so the namespace is expanded before TORCH_LIBRARY pastes it into names
+#define GPTLAB_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)
+#define GPTLAB_LIBRARY_IMPL(ns, k, m) TORCH_LIBRARY_IMPL(ns, k, m)
+
+GPTLAB_LIBRARY(GPTLAB_OPS, m) {
+  m.def("int8_gemv(Tensor x, Tensor w, Tensor scale, Tensor bias) -> Tensor");
+  m.def("int4_gemv(Tensor x, Tensor w, Tensor scale, Tensor offset, int group, Tensor bias) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor visible) -> Tensor");
+}
+
+GPTLAB_LIBRARY_IMPL(GPTLAB_OPS, CPU, m) {
+  m.impl("int8_gemv", &int8_gemv);
+  m.impl("int4_gemv", &int4_gemv);
+  m.impl("decode_attention", &decode_attention);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("int8_gemv", &int8_gemv, "int8 weight-only matrix product for a few rows");
+  m.def("int4_gemv", &int4_gemv, "packed 4-bit weight-only matrix product with group scales");
+  m.def("decode_attention", &decode_attention, "one token's attention over the slots a mask shows");
+  m.attr("isa") = gptlab::V::isa;
+}

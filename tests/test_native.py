@@ -1,0 +1,82 @@
+"""gptlab's C++ decode attention (gptlab.native): the library's masked attention's result, for every instruction
+set this CPU runs, and hidden slots never read."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gptlab import native
+from gptlab.model.attention import one_token_attention
+from tests.conftest import kernel_for
+
+
+def reference(q, k, v, visible):
+    """float64 softmax(q·kᵀ/√d)·v over the visible slots."""
+    scores = (q.double() @ k.double().transpose(-1, -2)) / q.shape[-1] ** 0.5
+    weights = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+    return (weights @ v.double()).float()
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@given(batch=st.integers(1, 2), heads=st.integers(1, 5), slots=st.integers(1, 70),
+       head_dim=st.sampled_from([1, 7, 8, 16, 20, 64, 72]), seed=st.integers(0, 2**16))
+def test_decode_attention_equals_the_float64_reference(isa, batch, heads, slots, head_dim, seed):
+    kernel = kernel_for(isa)
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, 1, head_dim, generator=g)
+    k, v = (torch.randn(batch, heads, slots, head_dim, generator=g) for _ in range(2))
+    visible = torch.rand(1, slots, generator=g) < 0.6  # (query, slot), as the attention builds it
+    visible[0, torch.randint(slots, (1,), generator=g)] = True  # at least one key to attend to
+    got = kernel.decode_attention(q, k, v, visible)
+    assert got.shape == (batch, heads, 1, head_dim)
+    assert torch.allclose(got, reference(q, k, v, visible), atol=1e-5, rtol=1e-5)
+    library = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+    assert torch.allclose(got, library, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_hidden_slots_are_never_read(isa):
+    kernel = kernel_for(isa)
+    q, k, v = torch.randn(1, 3, 1, 16), torch.randn(1, 3, 40, 16), torch.randn(1, 3, 40, 16)
+    visible = torch.arange(40)[None] < 25  # the slots a fixed-size cache has written so far
+    expected = reference(q, k, v, visible)
+    k[:, :, 25:], v[:, :, 25:] = float("nan"), float("nan")  # what an unread slot may hold
+    assert torch.allclose(kernel.decode_attention(q, k, v, visible), expected, atol=1e-5)
+    assert F.scaled_dot_product_attention(q, k, v, attn_mask=visible).isnan().all()  # the library reads them all
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_decode_attention_refuses_bad_operands(isa):
+    kernel = kernel_for(isa)
+    q, k = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 5, 8)
+    with pytest.raises(RuntimeError, match="one entry per slot"):
+        kernel.decode_attention(q, k, k, torch.ones(4, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        kernel.decode_attention(q, k.transpose(2, 3), k.transpose(2, 3), torch.ones(5, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="q must be"):
+        kernel.decode_attention(q.double(), k, k, torch.ones(5, dtype=torch.bool))
+
+
+def test_the_operator_and_the_module_give_the_same_result_and_compile():
+    if native.load() is None:
+        pytest.skip(f"the C++ kernels are not used here: {native.why_not}")
+    q, k, v = torch.randn(1, 4, 1, 32), torch.randn(1, 4, 30, 32), torch.randn(1, 4, 30, 32)
+    visible = torch.arange(30)[None] <= 11
+    direct = native.load().decode_attention(q, k, v, visible)
+    assert torch.equal(native.operator("decode_attention")(q, k, v, visible), direct)
+    traced = torch.compile(lambda *a: one_token_attention(*a) * 1.0, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        assert torch.equal(traced(q, k, v, visible), direct)
+
+
+def test_without_the_kernels_attention_takes_the_library_path(monkeypatch):
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "why_not", "turned off by the test")
+    q, k, v = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 9, 8), torch.randn(1, 2, 9, 8)
+    visible = torch.arange(9)[None] < 4
+    with torch.no_grad():
+        assert torch.allclose(one_token_attention(q, k, v, visible), reference(q, k, v, visible), atol=1e-5)

@@ -4,7 +4,7 @@ from hypothesis import given, settings, strategies as st
 
 from gptlab.config import ModelConfig
 from gptlab.errors import GptlabError
-from gptlab.generate import StreamingDecoder, filter_logits, generate
+from gptlab.generate import StreamingDecoder, filter_logits, generate, next_token
 from gptlab.model import GPT
 from gptlab.tokenizers import BPETokenizer
 
@@ -94,3 +94,10 @@ def test_sample_text_keeps_the_prompt_and_starts_from_end_of_text_or_a_newline()
         assert text.startswith("ab") and text == sample_text(model, tok, "ab", 10, seed=3)
         free = sample_text(model, tok, None, 10, seed=3)
         assert free.startswith("\n") == (tok.eot_id is None)
+
+
+@given(st.lists(st.integers(-3, 3), min_size=1, max_size=40), st.integers(1, 3))
+def test_greedy_picks_the_first_largest_logit_as_argmax_does(values, rows):
+    logits = torch.tensor([values] * rows, dtype=torch.float32)  # small integers: ties are common
+    assert torch.equal(next_token(logits, 0.0, None, None, None), logits.argmax(-1))
+    assert next_token(logits, 0.0, None, None, None)[0] == values.index(max(values))

@@ -1,14 +1,15 @@
 """Batch-1 decoding with a step compiled once for the whole generation.
 
 Eager decoding pays Python and dispatch overhead on each of the ~15 operations per layer and token. Compiling the
-step removes most of it: on 2 cores, 1.6–1.7× more tokens/s for a 4-layer d-128 char model, where overhead is most
-of a token's time, and 1.05–1.07× for GPT-2 124M, where reading the weights is (`gptlab bench decode --compile`).
-It works only if the step it compiles keeps its shapes: a cache that grows would recompile at every token. So the step runs on a `StaticKVCache` of fixed size,
-attends to all of its slots under a causal mask that hides the empty ones, and learns where to write from a
-positions tensor. The prompt is run once, eagerly, through the same cache. Attention and quantized layers call
-gptlab's C++ kernels (`gptlab.native`) as torch operators inside the compiled step; the attention kernel reads only
-the slots written so far. Where compiling fails (no C++ compiler, an operation the
-compiler cannot trace), the same step runs eagerly and `why_eager` says why.
+step removes most of it: on 2 cores, 2.3× more tokens/s for a 4-layer d-128 char model, where overhead is most of
+a token's time, and 1.1–1.16× for GPT-2 124M (83–88 % of the read-bandwidth bound, 1.23–1.28× transformers'
+`generate`), where reading the weights is (`gptlab bench decode --compile`).
+It works only if the step it compiles keeps its shapes: a cache that grows would recompile at every token. So the
+step runs on a `StaticKVCache` of fixed size, attends to its slots under a causal mask that hides the empty ones,
+and learns where to write from a positions tensor. The prompt is run once, eagerly, through the same cache.
+Attention and quantized layers call gptlab's C++ kernels (`gptlab.native`) as torch operators inside the compiled
+step; the attention kernel reads only the slots written so far. Where compiling fails (no C++ compiler, an
+operation the compiler cannot trace), the same step runs eagerly and `why_eager` says why.
 """
 
 from __future__ import annotations

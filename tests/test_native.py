@@ -84,3 +84,38 @@ def test_without_the_kernels_attention_takes_the_library_path(monkeypatch):
     visible = torch.arange(9)[None] < 4
     with torch.no_grad():
         assert torch.allclose(one_token_attention(q, k, v, visible), reference(q, k, v, visible), atol=1e-5)
+
+
+def gelu_inputs(n: int, seed: int) -> torch.Tensor:
+    """Ordinary pre-activations, the saturated tails, zero and tiny values; n not a multiple of a vector."""
+    g = torch.Generator().manual_seed(seed)
+    edges = torch.tensor([0.0, -0.0, 1e-8, -1e-8, 3.0, -3.0, 9.5, -9.5, 88.0, -88.0, 1e4, -1e4])
+    return torch.cat([torch.randn(n, generator=g) * 3, torch.linspace(-12, 12, 997), edges])
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("n", [1, 15, 40_000])
+def test_gelu_and_its_gradient_equal_the_float64_reference(isa, n):
+    kernel = kernel_for(isa)
+    x = gelu_inputs(n, seed=n)
+    grad = torch.randn_like(x)
+    x64 = x.double().requires_grad_()
+    expected = F.gelu(x64, approximate="tanh")
+    expected.backward(grad.double())
+    assert torch.allclose(kernel.gelu_tanh(x).double(), expected.detach(), atol=1e-6, rtol=1e-6)
+    torch_own = torch.ops.aten.gelu_backward(grad, x, approximate="tanh").double()  # torch's float32, as a yardstick
+    error = (kernel.gelu_tanh_backward(grad, x).double() - x64.grad).abs().max()
+    assert error <= max(1e-5, 2 * (torch_own - x64.grad).abs().max())
+
+
+def test_the_model_gelu_trains_as_torchs_does(monkeypatch):
+    from gptlab.model.gelu import gelu_tanh
+
+    x = gelu_inputs(2999, seed=1).reshape(-1, 8).requires_grad_()
+    reference = x.detach().clone().requires_grad_()
+    (gelu_tanh(x) * torch.arange(8)).sum().backward()
+    (F.gelu(reference, approximate="tanh") * torch.arange(8)).sum().backward()
+    assert torch.allclose(x.grad, reference.grad, atol=1e-5)
+    monkeypatch.setattr(native, "_module", None)  # a machine without the kernels: torch's, exactly
+    monkeypatch.setattr(native, "why_not", "turned off by the test")
+    assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gptlab.config import ModelConfig
+from gptlab.model.gelu import gelu_tanh
 
 
 class MLP(nn.Module):
@@ -19,5 +20,5 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.c_fc(x)
-        h = F.relu(h).square() if self.relu2 else F.gelu(h, approximate="tanh")
+        h = F.relu(h).square() if self.relu2 else gelu_tanh(h)
         return self.dropout(self.c_proj(h))

@@ -9,6 +9,8 @@ torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor scale, t
 torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor scale, torch::Tensor offset, int64_t G,
                         torch::Tensor bias);
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor visible);
+torch::Tensor gelu_tanh(torch::Tensor x);
+torch::Tensor gelu_tanh_backward(torch::Tensor grad, torch::Tensor x);
 
 #if defined(GPTLAB_AVX512)
 #define GPTLAB_OPS gptlab_avx512
@@ -23,17 +25,23 @@ GPTLAB_LIBRARY(GPTLAB_OPS, m) {
   m.def("int8_gemv(Tensor x, Tensor w, Tensor scale, Tensor bias) -> Tensor");
   m.def("int4_gemv(Tensor x, Tensor w, Tensor scale, Tensor offset, int group, Tensor bias) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor visible) -> Tensor");
+  m.def("gelu_tanh(Tensor x) -> Tensor");
+  m.def("gelu_tanh_backward(Tensor grad, Tensor x) -> Tensor");
 }
 
 GPTLAB_LIBRARY_IMPL(GPTLAB_OPS, CPU, m) {
   m.impl("int8_gemv", &int8_gemv);
   m.impl("int4_gemv", &int4_gemv);
   m.impl("decode_attention", &decode_attention);
+  m.impl("gelu_tanh", &gelu_tanh);
+  m.impl("gelu_tanh_backward", &gelu_tanh_backward);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_gemv", &int8_gemv, "int8 weight-only matrix product for a few rows");
   m.def("int4_gemv", &int4_gemv, "packed 4-bit weight-only matrix product with group scales");
   m.def("decode_attention", &decode_attention, "one token's attention over the slots a mask shows");
+  m.def("gelu_tanh", &gelu_tanh, "GPT-2's tanh-approximated GELU");
+  m.def("gelu_tanh_backward", &gelu_tanh_backward, "its gradient: grad · dGELU/dx");
   m.attr("isa") = gptlab::V::isa;
 }

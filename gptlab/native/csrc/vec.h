@@ -16,6 +16,19 @@ struct V {
   static void store(float* p, T a) { _mm512_storeu_ps(p, a); }
   static T set1(float s) { return _mm512_set1_ps(s); }
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static T sub(T a, T b) { return _mm512_sub_ps(a, b); }
+  static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+  static T div(T a, T b) { return _mm512_div_ps(a, b); }
+  static T max(T a, T b) { return _mm512_max_ps(a, b); }
+  static T abs(T a) { return _mm512_abs_ps(a); }
+  static T with_sign_of(T magnitude, T sign) {  // |magnitude| with the sign of `sign`
+    const __m512i m = _mm512_set1_epi32(0x7fffffff);
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(magnitude), m),
+                                               _mm512_andnot_si512(m, _mm512_castps_si512(sign))));
+  }
+  static T round(T a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static T times_pow2(T a, T n) { return _mm512_scalef_ps(a, n); }  // a · 2ⁿ for whole n
   static float sum(T a) { return _mm512_reduce_add_ps(a); }
   static T widen8(const int8_t* p) {  // 16 int8 -> 16 float
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
@@ -36,6 +49,21 @@ struct V {
   static void store(float* p, T a) { _mm256_storeu_ps(p, a); }
   static T set1(float s) { return _mm256_set1_ps(s); }
   static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static T sub(T a, T b) { return _mm256_sub_ps(a, b); }
+  static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+  static T div(T a, T b) { return _mm256_div_ps(a, b); }
+  static T max(T a, T b) { return _mm256_max_ps(a, b); }
+  static T abs(T a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static T with_sign_of(T magnitude, T sign) {  // |magnitude| with the sign of `sign`
+    const T s = _mm256_set1_ps(-0.0f);
+    return _mm256_or_ps(_mm256_andnot_ps(s, magnitude), _mm256_and_ps(s, sign));
+  }
+  static T round(T a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static T times_pow2(T a, T n) {  // a · 2ⁿ for whole n in [-126, 127]
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(a, _mm256_castsi256_ps(e));
+  }
   static float sum(T a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -52,5 +80,29 @@ struct V {
   }
 };
 #endif
+
+// eˣ for x ≤ 0 (results below ~1e-38 flush to 0): x = n·ln2 + r with |r| ≤ ln2/2, eʳ by a degree-7 polynomial
+// (the coefficients of the Cephes expf), times 2ⁿ. Relative error within 2 float ulps.
+inline V::T exp_nonpositive(V::T x) {
+  x = V::max(x, V::set1(-87.0f));
+  const V::T n = V::round(V::mul(x, V::set1(1.44269504088896341f)));
+  V::T r = V::fma(n, V::set1(-0.693359375f), x);
+  r = V::fma(n, V::set1(2.12194440e-4f), r);
+  V::T p = V::set1(1.9875691500e-4f);
+  p = V::fma(p, r, V::set1(1.3981999507e-3f));
+  p = V::fma(p, r, V::set1(8.3334519073e-3f));
+  p = V::fma(p, r, V::set1(4.1665795894e-2f));
+  p = V::fma(p, r, V::set1(1.6666665459e-1f));
+  p = V::fma(p, r, V::set1(5.0000001201e-1f));
+  p = V::fma(p, V::mul(r, r), V::add(r, V::set1(1.0f)));
+  return V::times_pow2(p, n);
+}
+
+// tanh z = sign(z) · (1 − e^(−2|z|)) / (1 + e^(−2|z|)): no overflow, and 1 for large |z|.
+inline V::T tanh(V::T z) {
+  const V::T e = exp_nonpositive(V::mul(V::abs(z), V::set1(-2.0f)));
+  const V::T one = V::set1(1.0f);
+  return V::with_sign_of(V::div(V::sub(one, e), V::add(one, e)), z);
+}
 
 }  // namespace gptlab

@@ -81,11 +81,12 @@ def check_kernels() -> Check:
 
     kernel = native.load()
     if kernel is not None:
-        return Check("int_kernels", "ok", f"gptlab's C++ kernels run here, built for {native.isa} "
-                                          "(quantized layers and the compiled decode step use them)", {"native": True, "isa": native.isa})
+        return Check("int_kernels", "ok", f"gptlab's C++ kernels run here, built for {native.isa} (quantized "
+                                          "layers, the compiled decode step and GPT-2's GELU use them)",
+                     {"native": True, "isa": native.isa})
     return Check("int_kernels", "unavailable", f"the C++ kernels are not used: {native.why_not}; quantized "
                                                "layers take the torch.compile or dequantize path instead, "
-                                               "attention the library kernel",
+                                               "attention and GELU torch's kernels",
                  {"native": False, "why_not": native.why_not})
 
 

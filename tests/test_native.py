@@ -119,3 +119,48 @@ def test_the_model_gelu_trains_as_torchs_does(monkeypatch):
     monkeypatch.setattr(native, "_module", None)  # a machine without the kernels: torch's, exactly
     monkeypatch.setattr(native, "why_not", "turned off by the test")
     assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("rows,vocab", [(1, 1), (7, 17), (33, 85), (4, 50257)])
+def test_cross_entropy_and_its_gradient_equal_the_float64_reference(isa, rows, vocab):
+    kernel = kernel_for(isa)
+    g = torch.Generator().manual_seed(rows * vocab)
+    logits = torch.randn(rows, vocab, generator=g) * 4
+    logits[0, 0] = 60.0  # a confident row: the sum is dominated by one term
+    targets = torch.randint(vocab, (rows,), generator=g)
+    if rows > 1:
+        targets[1] = -100  # left out, as the library's ignore_index
+    x64 = logits.double().requires_grad_()
+    expected = F.cross_entropy(x64, targets)
+    expected.backward(torch.tensor(0.5, dtype=torch.float64))
+    loss, lse = kernel.cross_entropy(logits, targets)
+    assert abs(loss.item() - expected.item()) <= 1e-5 * max(1.0, abs(expected.item()))
+    assert torch.allclose(lse.double(), torch.logsumexp(x64.detach(), -1), atol=1e-5)
+    grad = kernel.cross_entropy_backward(torch.tensor(0.5), logits, targets, lse)
+    assert torch.allclose(grad.double(), x64.grad, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_cross_entropy_refuses_a_target_outside_the_vocabulary(isa):
+    kernel = kernel_for(isa)
+    with pytest.raises(RuntimeError, match="outside the vocabulary"):
+        kernel.cross_entropy(torch.randn(3, 10), torch.tensor([1, 10, 2]))
+    with pytest.raises(RuntimeError, match="one entry per row"):
+        kernel.cross_entropy(torch.randn(3, 10), torch.tensor([1, 2]))
+
+
+def test_the_training_loss_is_the_library_cross_entropy(monkeypatch):
+    from gptlab.train.losses import lm_loss
+
+    logits = (torch.randn(2, 9, 85) * 3).requires_grad_()
+    targets = torch.randint(85, (2, 9))
+    reference = logits.detach().clone().requires_grad_()
+    loss = lm_loss(logits, targets)
+    expected = F.cross_entropy(reference.view(-1, 85), targets.view(-1))
+    (loss * 3).backward()
+    (expected * 3).backward()
+    assert torch.allclose(loss, expected, atol=1e-6) and torch.allclose(logits.grad, reference.grad, atol=1e-7)
+    monkeypatch.setattr(native, "_module", None)  # a machine without the kernels: the library's, exactly
+    monkeypatch.setattr(native, "why_not", "turned off by the test")
+    assert torch.equal(lm_loss(logits, targets), F.cross_entropy(logits.view(-1, 85), targets.view(-1)))

@@ -10,6 +10,9 @@ torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor scale, t
                         torch::Tensor bias);
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor visible);
 torch::Tensor gelu_tanh(torch::Tensor x);
+std::tuple<torch::Tensor, torch::Tensor> cross_entropy(torch::Tensor logits, torch::Tensor targets);
+torch::Tensor cross_entropy_backward(torch::Tensor grad, torch::Tensor logits, torch::Tensor targets,
+                                     torch::Tensor lse);
 torch::Tensor gelu_tanh_backward(torch::Tensor grad, torch::Tensor x);
 
 #if defined(GPTLAB_AVX512)
@@ -27,6 +30,8 @@ GPTLAB_LIBRARY(GPTLAB_OPS, m) {
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor visible) -> Tensor");
   m.def("gelu_tanh(Tensor x) -> Tensor");
   m.def("gelu_tanh_backward(Tensor grad, Tensor x) -> Tensor");
+  m.def("cross_entropy(Tensor logits, Tensor targets) -> (Tensor, Tensor)");
+  m.def("cross_entropy_backward(Tensor grad, Tensor logits, Tensor targets, Tensor lse) -> Tensor");
 }
 
 GPTLAB_LIBRARY_IMPL(GPTLAB_OPS, CPU, m) {
@@ -35,6 +40,8 @@ GPTLAB_LIBRARY_IMPL(GPTLAB_OPS, CPU, m) {
   m.impl("decode_attention", &decode_attention);
   m.impl("gelu_tanh", &gelu_tanh);
   m.impl("gelu_tanh_backward", &gelu_tanh_backward);
+  m.impl("cross_entropy", &cross_entropy);
+  m.impl("cross_entropy_backward", &cross_entropy_backward);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -43,5 +50,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "one token's attention over the slots a mask shows");
   m.def("gelu_tanh", &gelu_tanh, "GPT-2's tanh-approximated GELU");
   m.def("gelu_tanh_backward", &gelu_tanh_backward, "its gradient: grad · dGELU/dx");
+  m.def("cross_entropy", &cross_entropy, "mean cross-entropy of rows of logits, and each row's logsumexp");
+  m.def("cross_entropy_backward", &cross_entropy_backward, "its gradient: grad · (softmax − one-hot) / rows");
   m.attr("isa") = gptlab::V::isa;
 }

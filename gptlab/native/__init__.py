@@ -1,6 +1,6 @@
 """Building and loading gptlab's C++ kernels on first use: int8 and 4-bit weight-only matrix products
-(csrc/int_gemv.cpp), one token's attention over a fixed-size KV cache (csrc/decode_attention.cpp), GPT-2's tanh
-GELU (csrc/gelu.cpp) and the training cross-entropy (csrc/cross_entropy.cpp), each with its gradient where it has one.
+(csrc/int_gemv.cpp), one token's attention over a fixed-size KV cache (csrc/decode_attention.cpp), and GPT-2's
+tanh GELU (csrc/gelu.cpp) and the training cross-entropy (csrc/cross_entropy.cpp) with their gradients.
 
 The kernels are compiled once per machine with torch's extension builder (a C++ compiler and ninja; the `ninja`
 package is a gptlab dependency) into ~/.cache/gptlab/kernels (or $GPTLAB_KERNEL_CACHE), ~30 s the first time,
@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ["int_gemv.cpp", "decode_attention.cpp", "gelu.cpp", "cross_entropy.cpp", "module.cpp"]  # and the header they share, vec.h
+# compiled into one module per instruction set; they share the header vec.h
+SOURCES = ["int_gemv.cpp", "decode_attention.cpp", "gelu.cpp", "cross_entropy.cpp", "module.cpp"]
 FLAGS = {"avx512": ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-DGPTLAB_AVX512"],
          "avx2": ["-O3", "-mavx2", "-mfma", "-fopenmp"]}
 STALE_LOCK_S = 600  # a build takes ~30 s; a lock this old was left by a killed build
@@ -97,9 +98,11 @@ def _register_shapes(namespace: str) -> None:
         lambda x, w, scale, offset, group, bias: x.new_empty((x.shape[0], w.shape[0])))
     fake(f"{namespace}::gelu_tanh")(lambda x: torch.empty_like(x))
     fake(f"{namespace}::gelu_tanh_backward")(lambda grad, x: torch.empty_like(x))
-    fake(f"{namespace}::cross_entropy")(lambda logits, targets: (logits.new_empty(()), logits.new_empty(logits.shape[:1])))
+    fake(f"{namespace}::cross_entropy")(
+        lambda logits, targets: (logits.new_empty(()), logits.new_empty(logits.shape[:1])))
     fake(f"{namespace}::cross_entropy_backward")(lambda grad, logits, targets, lse: torch.empty_like(logits))
-    fake(f"{namespace}::decode_attention")(lambda q, k, v, visible: q.new_empty((k.shape[0], k.shape[1], 1, k.shape[3])))
+    fake(f"{namespace}::decode_attention")(
+        lambda q, k, v, visible: q.new_empty((k.shape[0], k.shape[1], 1, k.shape[3])))
 
 
 def operator(name: str):

@@ -2,8 +2,8 @@
 // The library's path (log_softmax, then nll_loss, and their backward) writes the (rows × vocab) log-probabilities,
 // fills a (rows × vocab) gradient with zeros and reads both again: for GPT-2 124M at batch 4 × 256 that is
 // ~200 MB moved five times per step. Here the forward keeps one logsumexp per row and the backward writes
-// softmax − one-hot straight from the logits. Rows whose target is
-// −100 are left out, as the library's ignore_index. Rows are split across torch's threads (vec.h).
+// softmax − one-hot straight from the logits. Rows whose target is −100 are left out, as the library's
+// ignore_index. Rows are split across torch's threads (vec.h).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 

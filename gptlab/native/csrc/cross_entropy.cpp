@@ -4,7 +4,10 @@
 // ~200 MB moved five times per step. Here the forward keeps one logsumexp per row and the backward writes
 // softmax − one-hot straight from the logits. Rows whose target is −100 are left out, as the library's
 // ignore_index. Rows are split across torch's threads (vec.h).
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/full.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -40,20 +43,20 @@ float logsumexp(const float* x, int64_t n) {
   return m + std::log(s);
 }
 
-void check_operands(const torch::Tensor& logits, const torch::Tensor& targets) {
-  TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == torch::kFloat32 && logits.is_contiguous() &&
+void check_operands(const at::Tensor& logits, const at::Tensor& targets) {
+  TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat && logits.is_contiguous() &&
               logits.device().is_cpu(), "logits must be contiguous float32 (rows, vocab) on the CPU");
-  TORCH_CHECK(targets.dim() == 1 && targets.scalar_type() == torch::kInt64 && targets.is_contiguous() &&
+  TORCH_CHECK(targets.dim() == 1 && targets.scalar_type() == at::kLong && targets.is_contiguous() &&
               targets.size(0) == logits.size(0), "targets must be int64 with one entry per row of logits");
 }
 
 }  // namespace
 
 // (mean loss, per-row logsumexp for the backward)
-std::tuple<torch::Tensor, torch::Tensor> cross_entropy(torch::Tensor logits, torch::Tensor targets) {
+std::tuple<at::Tensor, at::Tensor> cross_entropy(at::Tensor logits, at::Tensor targets) {
   check_operands(logits, targets);
   const int64_t R = logits.size(0), N = logits.size(1);
-  auto lse = torch::empty({R}, logits.options());
+  auto lse = at::empty({R}, logits.options());
   const float* xp = logits.data_ptr<float>();
   const int64_t* tp = targets.data_ptr<int64_t>();
   float* lp = lse.data_ptr<float>();
@@ -70,16 +73,16 @@ std::tuple<torch::Tensor, torch::Tensor> cross_entropy(torch::Tensor logits, tor
       ++counted;
     }
   const float mean = counted ? static_cast<float>(total / counted) : std::numeric_limits<float>::quiet_NaN();
-  return {torch::full({}, mean, logits.options()), lse};
+  return {at::full({}, mean, logits.options()), lse};
 }
 
 // d loss / d logits = grad · (softmax − one-hot) / rows counted
-torch::Tensor cross_entropy_backward(torch::Tensor grad, torch::Tensor logits, torch::Tensor targets,
-                                     torch::Tensor lse) {
+at::Tensor cross_entropy_backward(at::Tensor grad, at::Tensor logits, at::Tensor targets,
+                                     at::Tensor lse) {
   check_operands(logits, targets);
   const int64_t R = logits.size(0), N = logits.size(1);
-  TORCH_CHECK(lse.numel() == R && lse.scalar_type() == torch::kFloat32, "lse must be float32 (rows,)");
-  auto out = torch::empty_like(logits);
+  TORCH_CHECK(lse.numel() == R && lse.scalar_type() == at::kFloat, "lse must be float32 (rows,)");
+  auto out = at::empty_like(logits);
   const float* xp = logits.data_ptr<float>();
   const int64_t* tp = targets.data_ptr<int64_t>();
   const float* lp = lse.contiguous().data_ptr<float>();

@@ -2,7 +2,8 @@
 // the mask shows, for every (batch, head) row. The fused library kernel attends to every slot of the cache and
 // masks afterwards; this one skips hidden slots before reading them, so an early token of a long generation reads
 // only the keys written so far. Rows are split across torch's threads. One source per instruction set (vec.h).
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -36,18 +37,18 @@ void add_scaled(float a, const float* x, float* y, int64_t n) {  // y += a · x
 
 }  // namespace
 
-torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor visible) {
-  TORCH_CHECK(k.dim() == 4 && k.scalar_type() == torch::kFloat32 && k.is_contiguous() && v.sizes() == k.sizes() &&
-              v.scalar_type() == torch::kFloat32 && v.is_contiguous(),
+at::Tensor decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor visible) {
+  TORCH_CHECK(k.dim() == 4 && k.scalar_type() == at::kFloat && k.is_contiguous() && v.sizes() == k.sizes() &&
+              v.scalar_type() == at::kFloat && v.is_contiguous(),
               "k and v must be contiguous float32 (batch, heads, slots, head dim) of one shape");
   const int64_t B = k.size(0), H = k.size(1), S = k.size(2), D = k.size(3);
-  TORCH_CHECK(q.scalar_type() == torch::kFloat32 && q.numel() == B * H * D, "q must be float32 (batch, heads, 1, ", D,
+  TORCH_CHECK(q.scalar_type() == at::kFloat && q.numel() == B * H * D, "q must be float32 (batch, heads, 1, ", D,
               ")");
-  TORCH_CHECK(visible.scalar_type() == torch::kBool && visible.numel() == S, "visible must be bool with one entry "
+  TORCH_CHECK(visible.scalar_type() == at::kBool && visible.numel() == S, "visible must be bool with one entry "
               "per slot (", S, ")");
   const auto qc = q.contiguous();
   const auto mask = visible.contiguous();
-  auto out = torch::empty({B, H, 1, D}, q.options());
+  auto out = at::empty({B, H, 1, D}, q.options());
   const float *qp = qc.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
   const bool* shown = mask.data_ptr<bool>();
   float* op = out.data_ptr<float>();

@@ -5,7 +5,8 @@
 // widened to float in registers (V::L lanes at a time); four output rows share each load of x, and every row of
 // x reuses the widened weights while they are in registers. Output rows are split across torch's threads.
 // One source, built once per instruction set (vec.h).
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -110,21 +111,21 @@ void block4(const float* xe, const float* xo, const uint8_t* w, const float* sca
 
 }  // namespace
 
-torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor scale, torch::Tensor offset, int64_t G,
-                        torch::Tensor bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be (rows, in) float32");
+at::Tensor int4_gemv(at::Tensor x, at::Tensor w, at::Tensor scale, at::Tensor offset, int64_t G,
+                        at::Tensor bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (rows, in) float32");
   const int64_t R = x.size(0), K = x.size(1), N = w.size(0);
   TORCH_CHECK(G > 0 && G % 32 == 0 && K % G == 0, "the group size must be a multiple of 32 dividing ", K);
-  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == torch::kUInt8 && w.is_contiguous() && w.size(1) * 2 == K,
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous() && w.size(1) * 2 == K,
               "w must be contiguous uint8 (out, in / 2)");
-  TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.is_contiguous() && scale.numel() == N * (K / G) &&
-              offset.scalar_type() == torch::kFloat32 && offset.is_contiguous() && offset.numel() == N * (K / G),
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == N * (K / G) &&
+              offset.scalar_type() == at::kFloat && offset.is_contiguous() && offset.numel() == N * (K / G),
               "scale and offset must be float32 (out, in / group)");
-  TORCH_CHECK(bias.numel() == 0 || (bias.scalar_type() == torch::kFloat32 && bias.is_contiguous() &&
+  TORCH_CHECK(bias.numel() == 0 || (bias.scalar_type() == at::kFloat && bias.is_contiguous() &&
                                     bias.numel() == N), "bias must be empty or float32 (out,)");
   auto xv = x.reshape({R, K / 2, 2});
   auto xe = xv.select(2, 0).contiguous(), xo = xv.select(2, 1).contiguous();
-  auto y = torch::empty({R, N}, x.options());
+  auto y = at::empty({R, N}, x.options());
   const float *ep = xe.data_ptr<float>(), *op = xo.data_ptr<float>(), *sp = scale.data_ptr<float>();
   const float* fp = offset.data_ptr<float>();
   const uint8_t* wp = w.data_ptr<uint8_t>();
@@ -150,17 +151,17 @@ torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor scale, t
   return y;
 }
 
-torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor scale, torch::Tensor bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "x must be (rows, in) float32");
-  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == torch::kInt8 && w.is_contiguous(), "w must be contiguous int8");
+at::Tensor int8_gemv(at::Tensor x, at::Tensor w, at::Tensor scale, at::Tensor bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (rows, in) float32");
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kChar && w.is_contiguous(), "w must be contiguous int8");
   TORCH_CHECK(w.size(1) == x.size(1), "x has ", x.size(1), " inputs but w has ", w.size(1));
-  TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.is_contiguous() && scale.numel() == w.size(0),
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == w.size(0),
               "scale must be float32 with one entry per output row");
-  TORCH_CHECK(bias.numel() == 0 || (bias.scalar_type() == torch::kFloat32 && bias.is_contiguous() &&
+  TORCH_CHECK(bias.numel() == 0 || (bias.scalar_type() == at::kFloat && bias.is_contiguous() &&
                                     bias.numel() == w.size(0)), "bias must be empty or float32 (out,)");
   x = x.contiguous();
   const int64_t R = x.size(0), K = x.size(1), N = w.size(0);
-  auto y = torch::empty({R, N}, x.options());
+  auto y = at::empty({R, N}, x.options());
   const float* xp = x.data_ptr<float>();
   const int8_t* wp = w.data_ptr<int8_t>();
   const float* sp = scale.data_ptr<float>();

@@ -78,13 +78,34 @@ def build(isa: str):
     _put_ninja_on_path()
     directory = build_directory(isa)
     name = f"gptlab_kernels_{isa}"
-    if not (directory / f"{name}.so").is_file():  # say why the first call takes a while
+    library = directory / f"{name}.so"
+    module = _import_built(name, library) if library.is_file() else None
+    if module is None:
         print(f"building gptlab's C++ kernels for {isa} (first use on this machine, ~30 s) ...", file=sys.stderr,
               flush=True)
-    module = load_extension(name, [str(CSRC / source) for source in SOURCES], extra_cflags=FLAGS[isa],
-                            extra_ldflags=["-fopenmp"], build_directory=str(directory), verbose=False)
+        module = load_extension(name, [str(CSRC / source) for source in SOURCES], extra_cflags=FLAGS[isa],
+                                extra_ldflags=["-fopenmp"], build_directory=str(directory), verbose=False)
     _register_shapes(f"gptlab_{isa}")
     return module
+
+
+def _import_built(name: str, library: Path):
+    """The module built earlier into `library`, imported directly; None if it cannot be (a build cut short).
+
+    torch's builder takes its lock file on every load, even of a finished build, so a process killed while loading
+    (Ctrl-C, a crash, a killed lab cell) would leave every later load waiting on the lock. The folder is named by
+    the sources' digest, so a library in it is the build of exactly these sources.
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.spec_from_file_location(name, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    except (ImportError, OSError):
+        library.unlink(missing_ok=True)
+        return None
 
 
 def _register_shapes(namespace: str) -> None:

@@ -36,9 +36,8 @@ def one_token_attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor) -> Ten
     reads only those slots, where the library kernel reads all and masks after: for 124M with a 256-slot static
     cache, 1.6 ms of a ~20 ms token. Taken for float32 on the CPU without autograd (it has no backward)."""
     if (q.device.type == "cpu" and q.dtype == k.dtype == torch.float32 and k.is_contiguous() and v.is_contiguous()
-            and not torch.is_grad_enabled() and (kernel := native.load()) is not None):
-        return native.operator("decode_attention")(q, k, v, visible) if torch.compiler.is_compiling() else \
-            kernel.decode_attention(q, k, v, visible)
+            and not torch.is_grad_enabled() and native.load() is not None):
+        return native.kernel("decode_attention")(q, k, v, visible)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
 
 

@@ -131,6 +131,12 @@ def operator(name: str):
     return getattr(getattr(torch.ops, f"gptlab_{isa}"), name)
 
 
+def kernel(name: str):
+    """The loaded build's kernel `name` as the caller should call it: the torch operator while torch.compile
+    traces (a graph cannot call the Python module), else the module's function (a cheaper call)."""
+    return operator(name) if torch.compiler.is_compiling() else getattr(_module, name)
+
+
 def load_isa(name: str):
     """The kernels built for one instruction set the CPU supports (to test each path), or None."""
     if name not in supported_isas():

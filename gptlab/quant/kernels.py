@@ -4,7 +4,7 @@ Decoding reads every weight once per token, so its speed is set by bytes read: i
 fp32's, 4-bit ones an eighth. Library int8 kernels (`torch._weight_int8pack_mm`, torchao's weight-only int8) are
 slower than fp32 on 2-core AVX-512 CPUs. int8, in order of preference:
 1. gptlab's C++ kernel (native/csrc/int_gemv.cpp, built on first use, see `gptlab.native`) for up to NATIVE_MAX_ROWS
-   rows:   about 2.5× faster than fp32 `F.linear` over a 124M model's layers;
+   rows: about 2.5× faster than fp32 `F.linear` over a 124M model's layers;
 2. a dequantize-multiply-sum fused by `torch.compile` (≤ MAX_GEMV_ROWS rows; ~1.5× fp32 with weights streaming
    from memory, ~2× in cache), or a compiled dequantize + matmul for more rows;
 3. dequantize + `F.linear` in eager mode (slower than fp32: the float weights are rebuilt on every call).
@@ -59,12 +59,10 @@ def int4_linear(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group:
     if (rows > NATIVE_MAX_ROWS or group % 32 or k % group or not _native_fits(x, packed, scale, bias, torch.uint8)
             or offset.dtype != torch.float32 or not offset.is_contiguous()):
         return None
-    kernel = native.load()
-    if kernel is None:
+    if native.load() is None:
         return None
     status = f"gptlab int4 kernel (C++, {native.isa})"
-    # inside a compiled graph, the same kernel as a torch operator (see `native`)
-    gemv = native.operator("int4_gemv") if torch.compiler.is_compiling() else kernel.int4_gemv
+    gemv = native.kernel("int4_gemv")
     y = gemv(x.reshape(rows, k), packed, scale, offset, group, bias if bias is not None else x.new_empty(0))
     return y.reshape(*x.shape[:-1], packed.shape[0])
 
@@ -73,10 +71,10 @@ def int8_linear(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None) -> Ten
     """x (..., in) @ (w (out, in) int8 · scale (out,)).T + bias."""
     global _compiled, _compiled_matmul, status
     rows = x.numel() // x.shape[-1]
-    if rows <= NATIVE_MAX_ROWS and _native_fits(x, w, scale, bias) and (kernel := native.load()) is not None:
+    if rows <= NATIVE_MAX_ROWS and _native_fits(x, w, scale, bias) and native.load() is not None:
         status = f"gptlab int8 kernel (C++, {native.isa})"
         empty = x.new_empty(0)
-        gemv = native.operator("int8_gemv") if torch.compiler.is_compiling() else kernel.int8_gemv
+        gemv = native.kernel("int8_gemv")
         y = gemv(x.reshape(rows, x.shape[-1]), w, scale, bias if bias is not None else empty)
         return y.reshape(*x.shape[:-1], w.shape[0])
     if rows > MAX_GEMV_ROWS and x.device.type == "cpu" and _compiled is not False and not torch.is_grad_enabled():

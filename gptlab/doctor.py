@@ -82,11 +82,12 @@ def check_kernels() -> Check:
     kernel = native.load()
     if kernel is not None:
         return Check("int_kernels", "ok", f"gptlab's C++ kernels run here, built for {native.isa} (quantized "
-                                          "layers, the compiled decode step and GPT-2's GELU use them)",
+                                          "layers, attention in training and decoding, GPT-2's GELU and the "
+                                          "training cross-entropy use them)",
                      {"native": True, "isa": native.isa})
     return Check("int_kernels", "unavailable", f"the C++ kernels are not used: {native.why_not}; quantized "
                                                "layers take the torch.compile or dequantize path instead, "
-                                               "attention and GELU torch's kernels",
+                                               "attention, GELU and cross-entropy torch's kernels",
                  {"native": False, "why_not": native.why_not})
 
 

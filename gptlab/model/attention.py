@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from gptlab import native
 from gptlab.config import ModelConfig
 from gptlab.model.cache import LayerCache
+from gptlab.model.causal_attention import causal_attention, kernel_applies
 from gptlab.model.positions import PositionScheme, Prepared
 
 
@@ -56,14 +57,18 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, prepared: Prepared, scheme: PositionScheme,
                 cache: LayerCache | None = None) -> Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim)
+        p = self.dropout if self.training else 0.0
+        if (cache is None and not self.manual and self.q_norm is None and prepared.rotation is None
+                and prepared.bias is None and kernel_applies(qkv, p)):  # q, k, v as projected: gptlab's kernel
+            return self.resid_dropout(self.c_proj(causal_attention(qkv).view(B, T, C)))
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = scheme.apply_rotation(q, k, prepared)
         positions, k_pos, bias = prepared.q_pos, prepared.k_pos, prepared.bias
         if cache is not None:
             k, v = cache.append(k, v, positions)
-        p = self.dropout if self.training else 0.0
         if self.manual:
             y = manual_attention(q, k, v, causal_mask(positions, k_pos, bias, q.dtype), p, self.training)
         elif bias is None and k.shape[2] == T:  # a whole sequence: the fused causal kernel

@@ -1,6 +1,7 @@
 """Building and loading gptlab's C++ kernels on first use: int8 and 4-bit weight-only matrix products
-(csrc/int_gemv.cpp), one token's attention over a fixed-size KV cache (csrc/decode_attention.cpp), and GPT-2's
-tanh GELU (csrc/gelu.cpp) and the training cross-entropy (csrc/cross_entropy.cpp) with their gradients.
+(csrc/int_gemv.cpp), one token's attention over a fixed-size KV cache (csrc/decode_attention.cpp), and, with their
+gradients, a whole sequence's causal attention (csrc/causal_attention.cpp), GPT-2's tanh GELU (csrc/gelu.cpp) and
+the training cross-entropy (csrc/cross_entropy.cpp).
 
 The kernels are compiled once per machine with torch's extension builder (a C++ compiler and ninja; the `ninja`
 package is a gptlab dependency) into ~/.cache/gptlab/kernels (or $GPTLAB_KERNEL_CACHE), ~30 s the first time,
@@ -25,7 +26,8 @@ import torch
 
 CSRC = Path(__file__).with_name("csrc")
 # compiled into one module per instruction set; they share the header vec.h
-SOURCES = ["int_gemv.cpp", "decode_attention.cpp", "gelu.cpp", "cross_entropy.cpp", "module.cpp"]
+SOURCES = ["int_gemv.cpp", "decode_attention.cpp", "causal_attention.cpp", "gelu.cpp", "cross_entropy.cpp",
+           "module.cpp"]
 FLAGS = {"avx512": ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-DGPTLAB_AVX512"],
          "avx2": ["-O3", "-mavx2", "-mfma", "-fopenmp"]}
 STALE_LOCK_S = 600  # a build takes ~30 s; a lock this old was left by a killed build
@@ -122,6 +124,10 @@ def _register_shapes(namespace: str) -> None:
     fake(f"{namespace}::cross_entropy")(
         lambda logits, targets: (logits.new_empty(()), logits.new_empty(logits.shape[:1])))
     fake(f"{namespace}::cross_entropy_backward")(lambda grad, logits, targets, lse: torch.empty_like(logits))
+    fake(f"{namespace}::causal_attention")(
+        lambda qkv: (qkv.new_empty((*qkv.shape[:2], *qkv.shape[3:])), qkv.new_empty((qkv.shape[0], *qkv.shape[3:4],
+                                                                                        qkv.shape[1]))))
+    fake(f"{namespace}::causal_attention_backward")(lambda grad, qkv, y, lse: torch.empty_like(qkv))
     fake(f"{namespace}::decode_attention")(
         lambda q, k, v, visible: q.new_empty((k.shape[0], k.shape[1], 1, k.shape[3])))
 

@@ -9,6 +9,9 @@ torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor scale, t
 torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor scale, torch::Tensor offset, int64_t G,
                         torch::Tensor bias);
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor visible);
+std::tuple<torch::Tensor, torch::Tensor> causal_attention(torch::Tensor qkv);
+torch::Tensor causal_attention_backward(torch::Tensor grad, torch::Tensor qkv, torch::Tensor y, torch::Tensor lse);
+bool causal_attention_available();
 torch::Tensor gelu_tanh(torch::Tensor x);
 std::tuple<torch::Tensor, torch::Tensor> cross_entropy(torch::Tensor logits, torch::Tensor targets);
 torch::Tensor cross_entropy_backward(torch::Tensor grad, torch::Tensor logits, torch::Tensor targets,
@@ -28,6 +31,8 @@ GPTLAB_LIBRARY(GPTLAB_OPS, m) {
   m.def("int8_gemv(Tensor x, Tensor w, Tensor scale, Tensor bias) -> Tensor");
   m.def("int4_gemv(Tensor x, Tensor w, Tensor scale, Tensor offset, int group, Tensor bias) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor visible) -> Tensor");
+  m.def("causal_attention(Tensor qkv) -> (Tensor, Tensor)");
+  m.def("causal_attention_backward(Tensor grad, Tensor qkv, Tensor y, Tensor lse) -> Tensor");
   m.def("gelu_tanh(Tensor x) -> Tensor");
   m.def("gelu_tanh_backward(Tensor grad, Tensor x) -> Tensor");
   m.def("cross_entropy(Tensor logits, Tensor targets) -> (Tensor, Tensor)");
@@ -38,6 +43,8 @@ GPTLAB_LIBRARY_IMPL(GPTLAB_OPS, CPU, m) {
   m.impl("int8_gemv", &int8_gemv);
   m.impl("int4_gemv", &int4_gemv);
   m.impl("decode_attention", &decode_attention);
+  m.impl("causal_attention", &causal_attention);
+  m.impl("causal_attention_backward", &causal_attention_backward);
   m.impl("gelu_tanh", &gelu_tanh);
   m.impl("gelu_tanh_backward", &gelu_tanh_backward);
   m.impl("cross_entropy", &cross_entropy);
@@ -48,9 +55,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_gemv", &int8_gemv, "int8 weight-only matrix product for a few rows");
   m.def("int4_gemv", &int4_gemv, "packed 4-bit weight-only matrix product with group scales");
   m.def("decode_attention", &decode_attention, "one token's attention over the slots a mask shows");
+  m.def("causal_attention", &causal_attention, "causal attention of a whole sequence, and each query's logsumexp");
+  m.def("causal_attention_backward", &causal_attention_backward, "its gradient for the fused (B, T, 3, H, D) qkv");
   m.def("gelu_tanh", &gelu_tanh, "GPT-2's tanh-approximated GELU");
   m.def("gelu_tanh_backward", &gelu_tanh_backward, "its gradient: grad · dGELU/dx");
   m.def("cross_entropy", &cross_entropy, "mean cross-entropy of rows of logits, and each row's logsumexp");
   m.def("cross_entropy_backward", &cross_entropy_backward, "its gradient: grad · (softmax − one-hot) / rows");
   m.attr("isa") = gptlab::V::isa;
+  m.attr("has_blas") = causal_attention_available();  // the causal attention kernel needs torch's sgemm_
 }

@@ -1,0 +1,189 @@
+// Causal self-attention over a whole sequence, forward and backward, for training on the CPU.
+//
+// q, k and v are read where the fused projection wrote them, a (B, T, 3, H, D) tensor, and the output is written
+// as (B, T, H, D), the layout the output projection reads: no copies into and out of a (B, H, T, D) layout, and
+// the gradient comes back as one (B, T, 3, H, D) tensor. Each (batch, head) pair is one task for torch's threads.
+// Within it the queries go in blocks of 64 rows; a block's scores against the keys it can see (never the later
+// ones: 37.5 % of the products of a full T × T at T = 256) are one matrix product on the BLAS torch links (MKL's
+// `sgemm`, single-threaded inside a parallel region), softmax is vector code (vec.h), and the weights times the
+// values a second product. The backward recomputes each block's weights from the saved log-sum-exp and runs five
+// products per block: scores, dP = dO·Vᵀ, dQ, dK and dV.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "vec.h"
+
+// the Fortran BLAS entry point that libtorch_cpu exports where it links MKL or OpenBLAS; weak, so a torch without
+// it still loads this library (the kernel then reports itself unavailable and gptlab uses torch's attention)
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                       const float* beta, float* c, const int* ldc) __attribute__((weak));
+
+namespace {
+
+using gptlab::V;
+
+constexpr int64_t kBlock = 64;  // query rows per block
+
+// row-major C (m × n) = alpha · op(A) · op(B) + beta · C, op(A) m × k; BLAS is column-major, so it computes Cᵀ
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+  const int LA = static_cast<int>(ldb), LB = static_cast<int>(lda), LC = static_cast<int>(ldc);
+  const char TA = tb ? 'T' : 'N', TB = ta ? 'T' : 'N';
+  sgemm_(&TA, &TB, &M, &N, &K, &alpha, b, &LA, a, &LB, &beta, c, &LC);
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  V::T acc = V::zero();
+  int64_t i = 0;
+  for (; i + V::L <= n; i += V::L) acc = V::fma(V::load(a + i), V::load(b + i), acc);
+  float s = V::sum(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// p[0..n) = exp(p − shift) in place (p ≤ shift), returning their sum
+float exp_shifted(float* p, int64_t n, float shift) {
+  const V::T sh = V::set1(shift);
+  V::T acc = V::zero();
+  int64_t i = 0;
+  for (; i + V::L <= n; i += V::L) {
+    const V::T e = gptlab::exp_nonpositive(V::sub(V::load(p + i), sh));
+    V::store(p + i, e);
+    acc = V::add(acc, e);
+  }
+  float s = V::sum(acc);
+  for (; i < n; ++i) s += (p[i] = std::exp(p[i] - shift));
+  return s;
+}
+
+float max_of(const float* p, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  int64_t i = 0;
+  if (n >= V::L) {
+    V::T acc = V::load(p);
+    for (i = V::L; i + V::L <= n; i += V::L) acc = V::max(acc, V::load(p + i));
+    alignas(64) float lanes[V::L];
+    V::store(lanes, acc);
+    m = *std::max_element(lanes, lanes + V::L);
+  }
+  for (; i < n; ++i) m = std::max(m, p[i]);
+  return m;
+}
+
+void scale_row(float* p, int64_t n, float s) {
+  const V::T f = V::set1(s);
+  int64_t i = 0;
+  for (; i + V::L <= n; i += V::L) V::store(p + i, V::mul(V::load(p + i), f));
+  for (; i < n; ++i) p[i] *= s;
+}
+
+void check_qkv(const at::Tensor& qkv) {
+  TORCH_CHECK(sgemm_ != nullptr, "causal_attention: this torch exports no BLAS sgemm_");
+  TORCH_CHECK(qkv.scalar_type() == at::kFloat && qkv.is_contiguous() && qkv.device().is_cpu() && qkv.dim() == 5 &&
+                  qkv.size(2) == 3,
+              "qkv must be a contiguous float32 CPU tensor of shape (B, T, 3, H, D)");
+}
+
+}  // namespace
+
+bool causal_attention_available() { return sgemm_ != nullptr; }
+
+// y (B, T, H, D) and the log-sum-exp of each query's scaled scores, lse (B, H, T)
+std::tuple<at::Tensor, at::Tensor> causal_attention(at::Tensor qkv) {
+  check_qkv(qkv);
+  const int64_t B = qkv.size(0), T = qkv.size(1), H = qkv.size(3), D = qkv.size(4), C = H * D;
+  auto y = at::empty({B, T, H, D}, qkv.options());
+  auto lse = at::empty({B, H, T}, qkv.options());
+  const float* base = qkv.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  float* lp = lse.data_ptr<float>();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  at::parallel_for(0, B * H, 1, [&](int64_t j0, int64_t j1) {
+    std::vector<float> s(static_cast<size_t>(std::min(kBlock, T) * T)), inv_sum(static_cast<size_t>(kBlock));
+    for (int64_t job = j0; job < j1; ++job) {
+      const int64_t b = job / H, h = job % H;
+      const float* q = base + b * T * 3 * C + h * D;  // row t at q + t · 3C
+      const float *k = q + C, *v = q + 2 * C;
+      float* out = yp + b * T * C + h * D;  // row t at out + t · C
+      float* l = lp + job * T;
+      for (int64_t i0 = 0; i0 < T; i0 += kBlock) {
+        const int64_t r = std::min(kBlock, T - i0), e = i0 + r;  // rows, and the keys the last row sees
+        gemm(false, true, r, e, D, scale, q + i0 * 3 * C, 3 * C, k, 3 * C, 0.0f, s.data(), e);
+        for (int64_t j = 0; j < r; ++j) {
+          float* row = s.data() + j * e;
+          const int64_t n = i0 + j + 1;  // keys 0..i0+j are visible
+          const float m = max_of(row, n);
+          const float sum = exp_shifted(row, n, m);
+          std::fill(row + n, row + e, 0.0f);
+          inv_sum[j] = 1.0f / sum;
+          l[i0 + j] = m + std::log(sum);
+        }
+        // the weights unnormalised times the values, then each output row divided by its sum (D, not e, floats)
+        gemm(false, false, r, D, e, 1.0f, s.data(), e, v, 3 * C, 0.0f, out + i0 * C, C);
+        for (int64_t j = 0; j < r; ++j) scale_row(out + (i0 + j) * C, D, inv_sum[j]);
+      }
+    }
+  });
+  return {y, lse};
+}
+
+// the gradient for qkv, (B, T, 3, H, D), from the gradient for y (B, T, H, D), y and lse
+at::Tensor causal_attention_backward(at::Tensor grad, at::Tensor qkv, at::Tensor y, at::Tensor lse) {
+  check_qkv(qkv);
+  const int64_t B = qkv.size(0), T = qkv.size(1), H = qkv.size(3), D = qkv.size(4), C = H * D;
+  TORCH_CHECK(grad.is_contiguous() && y.is_contiguous() && grad.sizes() == y.sizes() && y.numel() == B * T * C &&
+                  lse.is_contiguous() && lse.numel() == B * H * T,
+              "causal_attention_backward: grad and y must be contiguous (B, T, H, D), lse (B, H, T)");
+  auto dqkv = at::empty_like(qkv);
+  const float *base = qkv.data_ptr<float>(), *gp = grad.data_ptr<float>(), *yp = y.data_ptr<float>();
+  const float* lp = lse.data_ptr<float>();
+  float* dbase = dqkv.data_ptr<float>();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  at::parallel_for(0, B * H, 1, [&](int64_t j0, int64_t j1) {
+    const size_t n_scratch = static_cast<size_t>(std::min(kBlock, T) * T);
+    std::vector<float> p(n_scratch), dp(n_scratch), delta(static_cast<size_t>(kBlock));
+    for (int64_t job = j0; job < j1; ++job) {
+      const int64_t b = job / H, h = job % H;
+      const int64_t in_off = b * T * 3 * C + h * D, out_off = b * T * C + h * D;
+      const float *q = base + in_off, *k = q + C, *v = q + 2 * C;
+      float *dq = dbase + in_off, *dk = dq + C, *dv = dq + 2 * C;
+      const float *dy = gp + out_off, *o = yp + out_off, *l = lp + job * T;
+      // the last block sees every key, so it writes dK and dV whole; earlier blocks add to their first rows
+      const int64_t last = ((T - 1) / kBlock) * kBlock;
+      for (int64_t i0 = last; i0 >= 0; i0 -= kBlock) {
+        const int64_t r = std::min(kBlock, T - i0), e = i0 + r;
+        const float beta = i0 == last ? 0.0f : 1.0f;
+        gemm(false, true, r, e, D, scale, q + i0 * 3 * C, 3 * C, k, 3 * C, 0.0f, p.data(), e);
+        for (int64_t j = 0; j < r; ++j) {  // the weights again, from the saved log-sum-exp
+          float* row = p.data() + j * e;
+          const int64_t n = i0 + j + 1;
+          exp_shifted(row, n, l[i0 + j]);
+          std::fill(row + n, row + e, 0.0f);
+          delta[j] = dot(dy + (i0 + j) * C, o + (i0 + j) * C, D);  // Σ dO·O = Σ P·dP over the row
+        }
+        gemm(true, false, e, D, r, 1.0f, p.data(), e, dy + i0 * C, C, beta, dv, 3 * C);        // dV += Pᵀ·dO
+        gemm(false, true, r, e, D, 1.0f, dy + i0 * C, C, v, 3 * C, 0.0f, dp.data(), e);       // dP = dO·Vᵀ
+        for (int64_t j = 0; j < r; ++j) {  // dS = P ∘ (dP − delta); zero where P is
+          float *pr = p.data() + j * e, *dr = dp.data() + j * e;
+          const V::T dl = V::set1(delta[j]);
+          int64_t i = 0;
+          for (; i + V::L <= e; i += V::L) V::store(dr + i, V::mul(V::load(pr + i), V::sub(V::load(dr + i), dl)));
+          for (; i < e; ++i) dr[i] = pr[i] * (dr[i] - delta[j]);
+        }
+        gemm(false, false, r, D, e, scale, dp.data(), e, k, 3 * C, 0.0f, dq + i0 * 3 * C, 3 * C);  // dQ
+        gemm(true, false, e, D, r, scale, dp.data(), e, q + i0 * 3 * C, 3 * C, beta, dk, 3 * C);  // dK +=
+      }
+    }
+  });
+  return dqkv;
+}

@@ -1,0 +1,156 @@
+"""gptlab's C++ causal attention for training (gptlab.native, csrc/causal_attention.cpp): the float64 reference's
+output, log-sum-exp and gradients for every instruction set this CPU runs, and the model taking it exactly where
+queries and keys go into attention as projected."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gptlab import native
+from gptlab.config import ModelConfig
+from gptlab.model import GPT
+from gptlab.model import attention as attention_module
+from gptlab.model.causal_attention import kernel_applies
+from gptlab.train.losses import lm_loss
+from tests.conftest import kernel_for
+
+
+def reference(qkv: torch.Tensor):
+    """float64 output (B, T, H, D), log-sum-exp (B, H, T) and gradient function of the causal attention."""
+    qkv64 = qkv.double().requires_grad_()
+    q, k, v = qkv64.permute(2, 0, 3, 1, 4)
+    scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+    T = qkv.shape[1]
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    y = (scores.softmax(-1) @ v).transpose(1, 2)
+
+    def gradient(grad: torch.Tensor) -> torch.Tensor:
+        (g,) = torch.autograd.grad(y, qkv64, grad.double())
+        return g
+
+    return y.detach(), torch.logsumexp(scores.detach(), -1), gradient
+
+
+def check(kernel, B: int, T: int, H: int, D: int, sharpness: float = 1.0, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(B, T, 3, H, D, generator=g)
+    qkv[:, :, :2] *= sharpness  # larger q·k: peaked weights, the softmax's hard case
+    grad = torch.randn(B, T, H, D, generator=g)
+    y, lse = kernel.causal_attention(qkv)
+    y_ref, lse_ref, gradient = reference(qkv)
+    assert y.shape == (B, T, H, D) and lse.shape == (B, H, T)
+    assert torch.allclose(y.double(), y_ref, atol=2e-6 * sharpness, rtol=1e-5)
+    assert torch.allclose(lse.double(), lse_ref, atol=1e-5 * sharpness, rtol=1e-6)
+    dqkv = kernel.causal_attention_backward(grad, qkv, y, lse)
+    expected = gradient(grad)
+    assert torch.allclose(dqkv.double(), expected, atol=1e-5 * sharpness ** 2, rtol=1e-4)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("B,T,H,D,sharpness", [
+    (1, 1, 1, 8, 1.0),      # one token sees itself only
+    (2, 5, 3, 7, 1.0),      # D shorter than a vector
+    (2, 100, 2, 32, 1.0),   # a partial second block of queries
+    (1, 130, 2, 64, 3.0),   # three blocks, the last of two rows; sharp weights
+    (4, 256, 2, 64, 1.0),   # the training shape's blocks
+])
+def test_causal_attention_and_its_gradient_equal_the_float64_reference(isa, B, T, H, D, sharpness):
+    check(kernel_for(isa), B, T, H, D, sharpness)
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 2), T=st.integers(1, 150), H=st.integers(1, 3), D=st.integers(1, 40),
+       seed=st.integers(0, 2**16))
+def test_any_shape_matches_the_reference(B, T, H, D, seed):
+    kernel = native.load()
+    if kernel is None or not kernel.has_blas:
+        pytest.skip(f"no causal attention kernel here: {native.why_not or 'torch exports no sgemm_'}")
+    check(kernel, B, T, H, D, seed=seed)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+def test_causal_attention_refuses_bad_operands(isa):
+    kernel = kernel_for(isa)
+    with pytest.raises(RuntimeError, match=r"\(B, T, 3, H, D\)"):
+        kernel.causal_attention(torch.randn(2, 4, 2, 8))  # four dimensions
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        kernel.causal_attention(torch.randn(2, 4, 3, 1, 8).transpose(0, 1))
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        kernel.causal_attention(torch.randn(2, 4, 3, 1, 8, dtype=torch.float64))
+    y, lse = kernel.causal_attention(torch.randn(2, 4, 3, 1, 8))
+    with pytest.raises(RuntimeError, match="grad and y"):
+        kernel.causal_attention_backward(torch.randn(2, 4, 8), torch.randn(2, 4, 3, 1, 8), y, lse)
+
+
+def tiny_model(**overrides) -> GPT:
+    torch.manual_seed(0)
+    cfg = dict(n_layer=2, n_head=2, n_embd=32, block_size=80, vocab_size=50, bias=True, dropout=0.0)
+    return GPT(ModelConfig(**{**cfg, **overrides}))
+
+
+def loss_and_grads(model: GPT, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad()
+    loss = lm_loss(model(x), x)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_the_model_trains_as_with_torchs_attention(monkeypatch):
+    if native.load() is None or not native.load().has_blas:
+        pytest.skip(f"no causal attention kernel here: {native.why_not or 'torch exports no sgemm_'}")
+    model = tiny_model()
+    x = torch.randint(50, (3, 70), generator=torch.Generator().manual_seed(1))  # 70: a partial second block
+    calls = []
+    kernel_path = attention_module.causal_attention
+    monkeypatch.setattr(attention_module, "causal_attention", lambda qkv: calls.append(1) or kernel_path(qkv))
+    loss, grads = loss_and_grads(model, x)
+    assert len(calls) == 2  # one per layer
+    monkeypatch.setattr(attention_module, "kernel_applies", lambda qkv, dropout: False)
+    loss_ref, grads_ref = loss_and_grads(model, x)
+    assert len(calls) == 2
+    assert torch.allclose(loss, loss_ref, atol=1e-6)
+    for g, g_ref in zip(grads, grads_ref):
+        assert torch.allclose(g, g_ref, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("overrides,why", [
+    ({"positions": "rope"}, "queries and keys are rotated"),
+    ({"qk_norm": True}, "queries and keys are normalised"),
+    ({"positions": "alibi"}, "attention has a bias"),
+    ({"attention": "manual"}, "the materialised attention is asked for"),
+    ({"dropout": 0.1}, "attention dropout while training"),
+])
+def test_torchs_attention_where_the_kernel_does_not_apply(monkeypatch, overrides, why):
+    model = tiny_model(**overrides).train()
+    calls = []
+    monkeypatch.setattr(attention_module, "causal_attention", lambda qkv: calls.append(1))
+    model(torch.randint(50, (2, 9)))
+    assert calls == [], why
+
+
+def test_kernel_applies_only_to_float32_cpu_tensors_and_with_the_kernels(monkeypatch):
+    qkv = torch.randn(1, 4, 3, 1, 8)
+    if native.load() is not None and native.load().has_blas:
+        assert kernel_applies(qkv, 0.0)
+    assert not kernel_applies(qkv, 0.1)
+    assert not kernel_applies(qkv.double(), 0.0)
+    assert not kernel_applies(qkv.bfloat16(), 0.0)
+    monkeypatch.setattr(native, "_module", SimpleNamespace(has_blas=False))  # a torch without sgemm_
+    assert not kernel_applies(qkv, 0.0)
+    monkeypatch.setattr(native, "_module", None)  # a machine without a compiler: torch's attention
+    monkeypatch.setattr(native, "why_not", "turned off by the test")
+    assert not kernel_applies(qkv, 0.0)
+    model = tiny_model()
+    x = torch.randint(50, (2, 9))
+    assert torch.isfinite(lm_loss(model(x), x))
+
+
+def test_torch_compile_traces_torchs_attention(monkeypatch):
+    """A graph cannot call the Python module, and the compiler fuses torch's attention with its neighbours."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not kernel_applies(torch.randn(1, 4, 3, 1, 8), 0.0)

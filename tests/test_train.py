@@ -12,6 +12,7 @@ from gptlab.model import GPT
 from gptlab.run import load_model
 from gptlab.train.checkpoint import checkpoint_dir
 from gptlab.train.loop import Trainer, optimizer_step, resume, train
+from gptlab.train.losses import lm_loss
 from gptlab.train.metrics import read_metrics
 from gptlab.train.optim import build_optimizer, lr_at, param_groups
 
@@ -150,6 +151,28 @@ def test_gradient_accumulation_is_the_same_maths_at_any_split():
     for loss, norm, w in results[1:]:
         assert abs(loss - results[0][0]) < 1e-5 and abs(norm - results[0][1]) < 1e-5
         assert torch.allclose(w, results[0][2], atol=1e-6)
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e3, 0.0])  # clipping, a norm far below the limit, no clipping
+def test_clipping_gives_torchs_clip_grad_norm_update_exactly(clip):
+    cfg = apply_overrides(tiny_config(), [f"train.grad_clip={clip}"]).train
+    batch = [(torch.randint(0, 40, (2, 8)), torch.randint(0, 40, (2, 8)))]
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(GPT(tiny_config("model.vocab_size=40").model))
+    ours, reference = models
+    opt = build_optimizer(ours, cfg)
+    _, norm = optimizer_step(ours, opt, batch, cfg, lr=1e-3)
+    ref_opt = build_optimizer(reference, cfg)
+    for group in ref_opt.param_groups:
+        group["lr"] = 1e-3 * group.get("lr_scale", 1.0)
+    x, y = batch[0]
+    lm_loss(reference(x), y).backward()
+    expected = torch.nn.utils.clip_grad_norm_(reference.parameters(), clip if clip > 0 else math.inf).item()
+    ref_opt.step()
+    assert norm == pytest.approx(expected, rel=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
 
 
 def test_non_finite_loss_stops_before_the_update():

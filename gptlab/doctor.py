@@ -147,7 +147,9 @@ def check_compile(sizes: Sizes) -> Check:
         if not torch.allclose(got, torch.nn.functional.gelu(a @ a.T).sum(), rtol=1e-4, atol=1e-4):
             return Check("compile", "failed", "torch.compile ran but gave a different result", {"works": False})
         return Check("compile", "ok", f"torch.compile works (first compile {seconds:.1f} s); train.compile=true "
-                                      "is usable", {"works": True, "first_compile_s": seconds})
+                                      "is usable (on the CPU eager training, with gptlab's C++ kernels, measured "
+                                      "faster; `gptlab bench train --set train.compile=true` compares)",
+                     {"works": True, "first_compile_s": seconds})
     except Exception as e:  # a missing compiler, an unsupported platform: the user should hear which
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         return Check("compile", "failed", f"torch.compile does not work here ({reason}); leave train.compile=false",

@@ -32,9 +32,10 @@ class _CausalAttention(torch.autograd.Function):
 
 def kernel_applies(qkv: Tensor, dropout: float) -> bool:
     """Whether `causal_attention` runs gptlab's kernel for this projection (else the caller takes torch's)."""
-    module = native.load() if qkv.device.type == "cpu" and qkv.dtype == torch.float32 else None
-    return (module is not None and module.has_blas and dropout == 0.0 and qkv.is_contiguous()
-            and not torch.compiler.is_compiling())
+    if torch.compiler.is_compiling() or qkv.device.type != "cpu" or qkv.dtype != torch.float32:
+        return False  # asked first: tracing must not step into native.load()
+    module = native.load()
+    return module is not None and module.has_blas and dropout == 0.0 and qkv.is_contiguous()
 
 
 def causal_attention(qkv: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ extern "C" void sgemm_(const char* transa, const char* transb, const int* m, con
 namespace {
 
 using gptlab::V;
+using gptlab::dot;
 
 constexpr int64_t kBlock = 64;  // query rows per block
 
@@ -40,15 +41,6 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
   const int LA = static_cast<int>(ldb), LB = static_cast<int>(lda), LC = static_cast<int>(ldc);
   const char TA = tb ? 'T' : 'N', TB = ta ? 'T' : 'N';
   sgemm_(&TA, &TB, &M, &N, &K, &alpha, b, &LA, a, &LB, &beta, c, &LC);
-}
-
-float dot(const float* a, const float* b, int64_t n) {
-  V::T acc = V::zero();
-  int64_t i = 0;
-  for (; i + V::L <= n; i += V::L) acc = V::fma(V::load(a + i), V::load(b + i), acc);
-  float s = V::sum(acc);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
 }
 
 // p[0..n) = exp(p − shift) in place (p ≤ shift), returning their sum

@@ -98,6 +98,16 @@ inline V::T exp_nonpositive(V::T x) {
   return V::times_pow2(p, n);
 }
 
+// Σ a[i]·b[i] over n floats
+inline float dot(const float* a, const float* b, int64_t n) {
+  V::T acc = V::zero();
+  int64_t i = 0;
+  for (; i + V::L <= n; i += V::L) acc = V::fma(V::load(a + i), V::load(b + i), acc);
+  float s = V::sum(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
 // tanh z = sign(z) · (1 − e^(−2|z|)) / (1 + e^(−2|z|)): no overflow, and 1 for large |z|.
 inline V::T tanh(V::T z) {
   const V::T e = exp_nonpositive(V::mul(V::abs(z), V::set1(-2.0f)));

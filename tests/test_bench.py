@@ -107,14 +107,19 @@ def test_time_to_loss_without_its_corpus_names_the_option(tmp_path, capsys, monk
     assert "--corpus" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("quant,kind", [("none", "f32"), ("int8", "q8_0")])
-def test_bench_decode_against_llama_cpp_on_a_gguf_of_the_same_weights(tmp_path, quant, kind):
+@pytest.mark.parametrize("quant,kind,compiled", [("none", "f32", True), ("int8", "q8_0", False)])
+def test_bench_decode_against_llama_cpp_on_a_gguf_of_the_same_weights(tmp_path, quant, kind, compiled):
     out = tmp_path / "decode.json"
     assert main(["bench", "decode", *TINY, "--new-tokens", "8", "--repeats", "1", "--vs", "llama.cpp",
-                 "--quant", quant, "--json", str(out)]) == 0
+                 "--quant", quant, "--json", str(out)] + (["--compile"] if compiled else [])) == 0
     result = json.loads(out.read_text())
     assert result["llama_cpp_type"] == kind and result["llama_cpp_tokens_per_s"] > 0
     assert result["ratio_vs_llama_cpp"] == pytest.approx(result["gptlab_tokens_per_s"] / result["llama_cpp_tokens_per_s"])
+    if compiled:  # the compiled step's ratio beside the eager one's
+        assert result["compiled_ratio_vs_llama_cpp"] == pytest.approx(
+            result["gptlab_compiled_tokens_per_s"] / result["llama_cpp_tokens_per_s"])
+    else:
+        assert "compiled_ratio_vs_llama_cpp" not in result
     assert 0 <= result["tokens_agreeing"] <= 8  # (near-ties of random weights may part; the GGUF tests check that)
 
 

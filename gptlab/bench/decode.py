@@ -17,6 +17,7 @@ from gptlab.bench.hardware import best_time, read_bandwidth
 from gptlab.config import build_config
 from gptlab.errors import GptlabError
 from gptlab.generate import generate
+from gptlab.io import atomic_write_text
 from gptlab.model import GPT
 from gptlab.train.distributed import set_threads
 from gptlab.train.loop import check_device
@@ -230,7 +231,10 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
         print(f"llama.cpp:     {theirs:8.1f} tokens/s ({llama_kind} GGUF, llama-cpp-python {llama_cpp.__version__}) "
               f"  gptlab / llama.cpp = {ours / theirs:.2f}×   (same greedy tokens: "
               f"{'yes' if same else f'the first {agree}'})")
+        if compiled:
+            result["compiled_ratio_vs_llama_cpp"] = static / theirs
+            print(f"               gptlab static / llama.cpp = {static / theirs:.2f}×")
     print(json.dumps(result))
     if json_out:
-        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
     return result

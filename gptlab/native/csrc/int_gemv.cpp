@@ -18,7 +18,10 @@ using gptlab::V;
 
 constexpr int64_t kOutBlock = 4;   // output rows computed together
 constexpr int64_t kRowBlock = 4;   // rows of x computed together
-constexpr int64_t kPrefetch = 1024;  // bytes ahead in each weight row
+// bytes ahead of each weight row fetched, once per cache line. Streaming 124 MB of 124M int8 weights from memory
+// (49 products, batch 1, 2 Xeon cores): 8.0 ms at 1,024 bytes ahead, 6.7 ms at 8,192 (6,144 and 12,288: 6.8);
+// 4-bit: 6.7 -> 5.5 ms. The hardware prefetcher alone keeps too few lines in flight at these row lengths.
+constexpr int64_t kPrefetch = 8192;
 
 
 template <int R>
@@ -34,7 +37,7 @@ void block(const float* x, const int8_t* w, const float* scale, const float* bia
       V::T wv[kOutBlock];
       for (int j = 0; j < kOutBlock; ++j) {
         const int8_t* p = w + (n + j) * K + k;
-        _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
+        if (k % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
         wv[j] = V::widen8(p);
       }
       for (int r = 0; r < R; ++r) {
@@ -79,7 +82,7 @@ void block4(const float* xe, const float* xo, const uint8_t* w, const float* sca
       for (int64_t c = g * G / 2; c < (g + 1) * G / 2; c += V::L) {  // L bytes = 2L inputs
         for (int j = 0; j < kOutBlock; ++j) {
           const uint8_t* p = w + (n + j) * half + c;
-          _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
+          if (c % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
           V::T lo, hi;
           V::widen4(p, lo, hi);
           lo = V::fma(lo, sv[j], bv[j]);

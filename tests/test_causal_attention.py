@@ -73,6 +73,29 @@ def test_any_shape_matches_the_reference(B, T, H, D, seed):
     check(kernel, B, T, H, D, seed=seed)
 
 
+@settings(max_examples=15, deadline=None)
+@given(T=st.integers(2, 140), cut=st.integers(0, 139), seed=st.integers(0, 2**16))
+def test_no_query_sees_a_later_token(T, cut, seed):
+    """Changing the tokens after `cut` leaves every output up to `cut` bit for bit, and a loss on those outputs
+    sends exactly no gradient to the later tokens: the blocks' hidden scores are computed but never used."""
+    kernel = native.load()
+    if kernel is None or not kernel.has_blas:
+        pytest.skip(f"no causal attention kernel here: {native.why_not or 'torch exports no sgemm_'}")
+    cut = cut % (T - 1)
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(2, T, 3, 2, 16, generator=g)
+    changed = qkv.clone()
+    changed[:, cut + 1:] = torch.randn(changed[:, cut + 1:].shape, generator=g) * 5
+    y, lse = kernel.causal_attention(qkv)
+    y_changed, lse_changed = kernel.causal_attention(changed)
+    assert torch.equal(y[:, : cut + 1], y_changed[:, : cut + 1])
+    assert torch.equal(lse[:, :, : cut + 1], lse_changed[:, :, : cut + 1])
+    grad = torch.randn(y.shape, generator=g)
+    grad[:, cut + 1:] = 0
+    dqkv = kernel.causal_attention_backward(grad, qkv, y, lse)
+    assert torch.count_nonzero(dqkv[:, cut + 1:]) == 0
+
+
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
 def test_causal_attention_refuses_bad_operands(isa):
     kernel = kernel_for(isa)

@@ -36,6 +36,14 @@ def reference(qkv: torch.Tensor):
     return y.detach(), torch.logsumexp(scores.detach(), -1), gradient
 
 
+def loaded_kernel():
+    """The loaded kernels, when they can run the causal attention here; else a skip naming why not."""
+    kernel = native.load()
+    if kernel is None or not kernel.has_blas:
+        pytest.skip(f"no causal attention kernel here: {native.why_not or 'torch exports no sgemm_'}")
+    return kernel
+
+
 def check(kernel, B: int, T: int, H: int, D: int, sharpness: float = 1.0, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     qkv = torch.randn(B, T, 3, H, D, generator=g)
@@ -67,9 +75,7 @@ def test_causal_attention_and_its_gradient_equal_the_float64_reference(isa, B, T
 @given(B=st.integers(1, 2), T=st.integers(1, 150), H=st.integers(1, 3), D=st.integers(1, 40),
        seed=st.integers(0, 2**16))
 def test_any_shape_matches_the_reference(B, T, H, D, seed):
-    kernel = native.load()
-    if kernel is None or not kernel.has_blas:
-        pytest.skip(f"no causal attention kernel here: {native.why_not or 'torch exports no sgemm_'}")
+    kernel = loaded_kernel()
     check(kernel, B, T, H, D, seed=seed)
 
 
@@ -78,9 +84,7 @@ def test_any_shape_matches_the_reference(B, T, H, D, seed):
 def test_no_query_sees_a_later_token(T, cut, seed):
     """Changing the tokens after `cut` leaves every output up to `cut` bit for bit, and a loss on those outputs
     sends exactly no gradient to the later tokens: the blocks' hidden scores are computed but never used."""
-    kernel = native.load()
-    if kernel is None or not kernel.has_blas:
-        pytest.skip(f"no causal attention kernel here: {native.why_not or 'torch exports no sgemm_'}")
+    kernel = loaded_kernel()
     cut = cut % (T - 1)
     g = torch.Generator().manual_seed(seed)
     qkv = torch.randn(2, T, 3, 2, 16, generator=g)
@@ -124,8 +128,7 @@ def loss_and_grads(model: GPT, x: torch.Tensor) -> tuple[torch.Tensor, list[torc
 
 
 def test_the_model_trains_as_with_torchs_attention(monkeypatch):
-    if native.load() is None or not native.load().has_blas:
-        pytest.skip(f"no causal attention kernel here: {native.why_not or 'torch exports no sgemm_'}")
+    loaded_kernel()
     model = tiny_model()
     x = torch.randint(50, (3, 70), generator=torch.Generator().manual_seed(1))  # 70: a partial second block
     calls = []

@@ -32,10 +32,7 @@ class _CausalAttention(torch.autograd.Function):
 
 def kernel_applies(qkv: Tensor, dropout: float) -> bool:
     """Whether `causal_attention` runs gptlab's kernel for this projection (else the caller takes torch's)."""
-    if torch.compiler.is_compiling() or qkv.device.type != "cpu" or qkv.dtype != torch.float32:
-        return False  # asked first: tracing must not step into native.load()
-    module = native.load()
-    return module is not None and module.has_blas and dropout == 0.0 and qkv.is_contiguous()
+    return dropout == 0.0 and native.ready_for(qkv) and native.load().has_blas
 
 
 def causal_attention(qkv: Tensor) -> Tensor:

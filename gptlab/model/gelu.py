@@ -29,7 +29,6 @@ class _GeluTanh(torch.autograd.Function):
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
-            and not torch.compiler.is_compiling() and native.load() is not None):
+    if native.ready_for(x):
         return _GeluTanh.apply(x)
     return F.gelu(x, approximate="tanh")

@@ -124,9 +124,9 @@ def _register_shapes(namespace: str) -> None:
     fake(f"{namespace}::cross_entropy")(
         lambda logits, targets: (logits.new_empty(()), logits.new_empty(logits.shape[:1])))
     fake(f"{namespace}::cross_entropy_backward")(lambda grad, logits, targets, lse: torch.empty_like(logits))
-    fake(f"{namespace}::causal_attention")(
-        lambda qkv: (qkv.new_empty((*qkv.shape[:2], *qkv.shape[3:])), qkv.new_empty((qkv.shape[0], *qkv.shape[3:4],
-                                                                                        qkv.shape[1]))))
+    fake(f"{namespace}::causal_attention")(  # qkv (B, T, 3, H, D) -> y (B, T, H, D), lse (B, H, T)
+        lambda qkv: (qkv.new_empty((*qkv.shape[:2], *qkv.shape[3:])),
+                     qkv.new_empty((qkv.shape[0], qkv.shape[3], qkv.shape[1]))))
     fake(f"{namespace}::causal_attention_backward")(lambda grad, qkv, y, lse: torch.empty_like(qkv))
     fake(f"{namespace}::decode_attention")(
         lambda q, k, v, visible: q.new_empty((k.shape[0], k.shape[1], 1, k.shape[3])))
@@ -135,6 +135,17 @@ def _register_shapes(namespace: str) -> None:
 def operator(name: str):
     """The loaded build's kernel `name` as a torch operator (load() first)."""
     return getattr(getattr(torch.ops, f"gptlab_{isa}"), name)
+
+
+def ready_for(*tensors: torch.Tensor) -> bool:
+    """Whether eager code may hand `tensors` to the loaded kernels' autograd paths: contiguous float32 CPU tensors,
+    outside torch.compile (asked first: tracing into load() would take its lock and split the graph; the compiler
+    runs torch's versions), with a build loaded."""
+    if torch.compiler.is_compiling():
+        return False
+    if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
+        return False
+    return load() is not None
 
 
 def kernel(name: str):

@@ -32,8 +32,7 @@ class _CrossEntropy(torch.autograd.Function):
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     flat, flat_targets = logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1)
-    if (flat.device.type == "cpu" and flat.is_contiguous() and flat_targets.dtype == torch.int64
-            and not torch.compiler.is_compiling() and native.load() is not None):
+    if flat_targets.dtype == torch.int64 and native.ready_for(flat):
         return _CrossEntropy.apply(flat, flat_targets.contiguous())
     return F.cross_entropy(flat, flat_targets)
 

@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -31,6 +30,7 @@ namespace {
 
 using gptlab::V;
 using gptlab::dot;
+using gptlab::max_of;
 
 constexpr int64_t kBlock = 64;  // query rows per block
 
@@ -56,20 +56,6 @@ float exp_shifted(float* p, int64_t n, float shift) {
   float s = V::sum(acc);
   for (; i < n; ++i) s += (p[i] = std::exp(p[i] - shift));
   return s;
-}
-
-float max_of(const float* p, int64_t n) {
-  float m = -std::numeric_limits<float>::infinity();
-  int64_t i = 0;
-  if (n >= V::L) {
-    V::T acc = V::load(p);
-    for (i = V::L; i + V::L <= n; i += V::L) acc = V::max(acc, V::load(p + i));
-    alignas(64) float lanes[V::L];
-    V::store(lanes, acc);
-    m = *std::max_element(lanes, lanes + V::L);
-  }
-  for (; i < n; ++i) m = std::max(m, p[i]);
-  return m;
 }
 
 void scale_row(float* p, int64_t n, float s) {

@@ -25,19 +25,13 @@ constexpr int64_t kRowGrain = 8;
 // log Σ exp(x) over one row: its maximum, then the sum of exponentials below it (a row of 50k logits is 200 KB, so
 // the second pass reads it from cache; one exponential per logit, where an online maximum takes two)
 float logsumexp(const float* x, int64_t n) {
-  V::T top = V::set1(-std::numeric_limits<float>::infinity());
-  int64_t i = 0;
-  for (; i + V::L <= n; i += V::L) top = V::max(top, V::load(x + i));
-  const int64_t tail = i;
-  float lanes[V::L];
-  V::store(lanes, top);
-  float m = -std::numeric_limits<float>::infinity();
-  for (int64_t l = 0; l < V::L; ++l) m = std::max(m, lanes[l]);
-  for (i = tail; i < n; ++i) m = std::max(m, x[i]);
+  const float m = gptlab::max_of(x, n);
   if (std::isinf(m)) return m;  // every logit −inf (or +inf somewhere): nothing finite to normalise
+  const int64_t tail = n - n % V::L;
   const V::T shift = V::set1(m);
   V::T sum = V::zero();
-  for (i = 0; i < tail; i += V::L) sum = V::add(sum, gptlab::exp_nonpositive(V::sub(V::load(x + i), shift)));
+  int64_t i = 0;
+  for (; i < tail; i += V::L) sum = V::add(sum, gptlab::exp_nonpositive(V::sub(V::load(x + i), shift)));
   float s = V::sum(sum);
   for (i = tail; i < n; ++i) s += std::exp(x[i] - m);
   return m + std::log(s);

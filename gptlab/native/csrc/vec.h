@@ -3,6 +3,7 @@
 #pragma once
 #include <immintrin.h>
 #include <cstdint>
+#include <limits>
 
 namespace gptlab {
 
@@ -106,6 +107,21 @@ inline float dot(const float* a, const float* b, int64_t n) {
   float s = V::sum(acc);
   for (; i < n; ++i) s += a[i] * b[i];
   return s;
+}
+
+// the largest of n floats (−inf for none)
+inline float max_of(const float* p, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  int64_t i = 0;
+  if (n >= V::L) {
+    V::T acc = V::load(p);
+    for (i = V::L; i + V::L <= n; i += V::L) acc = V::max(acc, V::load(p + i));
+    alignas(64) float lanes[V::L];
+    V::store(lanes, acc);
+    for (int64_t l = 0; l < V::L; ++l) m = m < lanes[l] ? lanes[l] : m;
+  }
+  for (; i < n; ++i) m = m < p[i] ? p[i] : m;
+  return m;
 }
 
 // tanh z = sign(z) · (1 − e^(−2|z|)) / (1 + e^(−2|z|)): no overflow, and 1 for large |z|.

@@ -82,8 +82,8 @@ def check_kernels() -> Check:
     kernel = native.load()
     if kernel is not None:
         return Check("int_kernels", "ok", f"gptlab's C++ kernels run here, built for {native.isa} (quantized "
-                                          "layers, attention in training and decoding, GPT-2's GELU and the "
-                                          "training cross-entropy use them)",
+                                          "layers, decoding's float32 linear layers, attention in training and "
+                                          "decoding, GPT-2's GELU and the training cross-entropy use them)",
                      {"native": True, "isa": native.isa})
     return Check("int_kernels", "unavailable", f"the C++ kernels are not used: {native.why_not}; quantized "
                                                "layers take the torch.compile or dequantize path instead, "

@@ -7,9 +7,9 @@ a token's time, and 1.1–1.16× for GPT-2 124M (83–88 % of the read-bandwidth
 It works only if the step it compiles keeps its shapes: a cache that grows would recompile at every token. So the
 step runs on a `StaticKVCache` of fixed size, attends to its slots under a causal mask that hides the empty ones,
 and learns where to write from a positions tensor. The prompt is run once, eagerly, through the same cache.
-Attention and quantized layers call gptlab's C++ kernels (`gptlab.native`) as torch operators inside the compiled
-step; the attention kernel reads only the slots written so far. Where compiling fails (no C++ compiler, an
-operation the compiler cannot trace), the same step runs eagerly and `why_eager` says why.
+Attention and linear layers (float32 or quantized) call gptlab's C++ kernels (`gptlab.native`) as torch operators
+inside the compiled step; the attention kernel reads only the slots written so far. Where compiling fails (no C++
+compiler, an operation the compiler cannot trace), the same step runs eagerly and `why_eager` says why.
 """
 
 from __future__ import annotations

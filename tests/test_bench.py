@@ -60,7 +60,10 @@ def test_bench_decode_against_transformers_on_the_same_weights(tmp_path, capsys)
     assert result["gptlab_tokens_per_s"] > 0 and result["ratio_vs_transformers"] > 0
     assert result["bandwidth_bound_tokens_per_s"] == pytest.approx(
         result["read_bandwidth_gb_s"] * 1e9 / (result["weight_mb_per_token"] * 1e6))
-    assert "% of the bandwidth bound" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "% of the bandwidth bound" in printed
+    expected = "gptlab float32 few-row product" if native.load() is not None else "torch's linear"
+    assert result["kernel"].startswith(expected) and f"kernel:        {expected}" in printed
 
 
 def test_bench_decode_refuses_more_tokens_than_the_context(capsys):

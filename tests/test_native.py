@@ -116,6 +116,8 @@ def test_the_model_gelu_trains_as_torchs_does(monkeypatch):
     (gelu_tanh(x) * torch.arange(8)).sum().backward()
     (F.gelu(reference, approximate="tanh") * torch.arange(8)).sum().backward()
     assert torch.allclose(x.grad, reference.grad, atol=1e-5)
+    with torch.no_grad():  # decoding: the kernel without autograd, the same values
+        assert torch.allclose(gelu_tanh(x), F.gelu(x, approximate="tanh"), atol=1e-6)
     monkeypatch.setattr(native, "_module", None)  # a machine without the kernels: torch's, exactly
     monkeypatch.setattr(native, "why_not", "turned off by the test")
     assert torch.equal(gelu_tanh(x), F.gelu(x, approximate="tanh"))

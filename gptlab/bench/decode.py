@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from gptlab import native
 from gptlab.bench.hardware import best_time, read_bandwidth
 from gptlab.config import build_config
 from gptlab.errors import GptlabError
@@ -201,11 +202,13 @@ def bench_decode(config_file: str | None, overrides: list[str], prompt_len: int,
     if quant != "none":
         from gptlab.quant import kernels
 
-        from gptlab import native
-
         result["kernel"] = kernels.status
         print(f"kernel:        {kernels.status}"
               + (f" (the C++ kernel is not used: {native.why_not})" if native.why_not else ""))
+    elif dtype == "float32" and device == "cpu":
+        result["kernel"] = (f"gptlab float32 few-row product (C++, {native.isa})" if native.load() is not None else
+                            f"torch's linear (the C++ kernel is not used: {native.why_not})")
+        print(f"kernel:        {result['kernel']}")
     if twin is not None:
         seconds, theirs_tokens = time_transformers(twin, prompt, new_tokens, repeats)
         theirs = new_tokens / seconds

@@ -30,5 +30,7 @@ class _GeluTanh(torch.autograd.Function):
 
 def gelu_tanh(x: Tensor) -> Tensor:
     if native.ready_for(x):
-        return _GeluTanh.apply(x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _GeluTanh.apply(x)
+        return native.load().gelu_tanh(x)  # no autograd (decoding): the Function's ~12 µs a call saved
     return F.gelu(x, approximate="tanh")

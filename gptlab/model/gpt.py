@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from gptlab.config import ModelConfig
 from gptlab.model.attention import CausalSelfAttention
 from gptlab.model.cache import KVCache, StaticKVCache
+from gptlab.model.linear import Linear
 from gptlab.model.mlp import MLP
 from gptlab.model.positions import PositionScheme, Prepared, build_positions
 
@@ -52,7 +53,7 @@ class GPT(nn.Module):
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         # post-LN blocks already end normalised: a final norm would be a second one in a row
         self.ln_f = make_norm(cfg, cfg.n_embd) if cfg.norm_placement == "pre" else nn.Identity()
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self.reset_parameters()

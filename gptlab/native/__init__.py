@@ -1,5 +1,5 @@
 """Building and loading gptlab's C++ kernels on first use: int8 and 4-bit weight-only matrix products
-(csrc/int_gemv.cpp), one token's attention over a fixed-size KV cache (csrc/decode_attention.cpp), and, with their
+(csrc/int_gemv.cpp) and float32 ones for a few rows (csrc/float_gemv.cpp, decoding's linear layers), one token's attention over a fixed-size KV cache (csrc/decode_attention.cpp), and, with their
 gradients, a whole sequence's causal attention (csrc/causal_attention.cpp), GPT-2's tanh GELU (csrc/gelu.cpp) and
 the training cross-entropy (csrc/cross_entropy.cpp).
 
@@ -26,8 +26,8 @@ import torch
 
 CSRC = Path(__file__).with_name("csrc")
 # compiled into one module per instruction set; they share the header vec.h
-SOURCES = ["int_gemv.cpp", "decode_attention.cpp", "causal_attention.cpp", "gelu.cpp", "cross_entropy.cpp",
-           "module.cpp"]
+SOURCES = ["int_gemv.cpp", "float_gemv.cpp", "decode_attention.cpp", "causal_attention.cpp", "gelu.cpp",
+           "cross_entropy.cpp", "module.cpp"]
 FLAGS = {"avx512": ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-DGPTLAB_AVX512"],
          "avx2": ["-O3", "-mavx2", "-mfma", "-fopenmp"]}
 STALE_LOCK_S = 600  # a build takes ~30 s; a lock this old was left by a killed build
@@ -117,6 +117,7 @@ def _register_shapes(namespace: str) -> None:
     _shapes_registered.add(namespace)
     fake = torch.library.register_fake
     fake(f"{namespace}::int8_gemv")(lambda x, w, scale, bias: x.new_empty((x.shape[0], w.shape[0])))
+    fake(f"{namespace}::float_gemv")(lambda x, w, bias: x.new_empty((x.shape[0], w.shape[0])))
     fake(f"{namespace}::int4_gemv")(
         lambda x, w, scale, offset, group, bias: x.new_empty((x.shape[0], w.shape[0])))
     fake(f"{namespace}::gelu_tanh")(lambda x: torch.empty_like(x))

@@ -3,13 +3,14 @@
 // int8: y = x · (w · scale)ᵀ + bias for a few rows of float32 x and int8 weights (out, in) with one float32 scale per
 // output row: the weight-only int8 product of batch-1 decoding. Each weight row is read once from memory and
 // widened to float in registers (V::L lanes at a time); four output rows share each load of x, and every row of
-// x reuses the widened weights while they are in registers. Output rows are split across torch's threads.
-// One source, built once per instruction set (vec.h).
+// x reuses the widened weights while they are in registers (the loop of gemv_block.h, shared with the float32
+// kernel). Output rows are split across torch's threads. One source, built once per instruction set (vec.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include "gemv_block.h"
 #include "vec.h"
 
 namespace {
@@ -22,43 +23,6 @@ constexpr int64_t kRowBlock = 4;   // rows of x computed together
 // (49 products, batch 1, 2 Xeon cores): 8.0 ms at 1,024 bytes ahead, 6.7 ms at 8,192 (6,144 and 12,288: 6.8);
 // 4-bit: 6.7 -> 5.5 ms. The hardware prefetcher alone keeps too few lines in flight at these row lengths.
 constexpr int64_t kPrefetch = 8192;
-
-
-template <int R>
-void block(const float* x, const int8_t* w, const float* scale, const float* bias, float* y, int64_t K,
-           int64_t N, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + kOutBlock <= n1; n += kOutBlock) {
-    V::T acc[R][kOutBlock];
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < kOutBlock; ++j) acc[r][j] = V::zero();
-    int64_t k = 0;
-    for (; k + V::L <= K; k += V::L) {
-      V::T wv[kOutBlock];
-      for (int j = 0; j < kOutBlock; ++j) {
-        const int8_t* p = w + (n + j) * K + k;
-        if (k % 64 == 0) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetch), _MM_HINT_T0);
-        wv[j] = V::widen8(p);
-      }
-      for (int r = 0; r < R; ++r) {
-        const V::T xv = V::load(x + r * K + k);
-        for (int j = 0; j < kOutBlock; ++j) acc[r][j] = V::fma(xv, wv[j], acc[r][j]);
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < kOutBlock; ++j) {
-        float s = V::sum(acc[r][j]);
-        for (int64_t t = k; t < K; ++t) s += x[r * K + t] * static_cast<float>(w[(n + j) * K + t]);
-        y[r * N + n + j] = s * scale[n + j] + (bias ? bias[n + j] : 0.f);
-      }
-  }
-  for (; n < n1; ++n)  // the last output rows when N is not a multiple of the block
-    for (int r = 0; r < R; ++r) {
-      float s = 0.f;
-      for (int64_t t = 0; t < K; ++t) s += x[r * K + t] * static_cast<float>(w[n * K + t]);
-      y[r * N + n] = s * scale[n] + (bias ? bias[n] : 0.f);
-    }
-}
 
 // 4-bit codes, two per byte (low nibble = even input), w = (u − offset) · scale per (output row, group of G
 // inputs). x is split into its even and odd inputs once per call, so a byte's low and high nibbles each meet a
@@ -155,37 +119,9 @@ at::Tensor int4_gemv(at::Tensor x, at::Tensor w, at::Tensor scale, at::Tensor of
 }
 
 at::Tensor int8_gemv(at::Tensor x, at::Tensor w, at::Tensor scale, at::Tensor bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be (rows, in) float32");
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kChar && w.is_contiguous(), "w must be contiguous int8");
-  TORCH_CHECK(w.size(1) == x.size(1), "x has ", x.size(1), " inputs but w has ", w.size(1));
   TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == w.size(0),
               "scale must be float32 with one entry per output row");
-  TORCH_CHECK(bias.numel() == 0 || (bias.scalar_type() == at::kFloat && bias.is_contiguous() &&
-                                    bias.numel() == w.size(0)), "bias must be empty or float32 (out,)");
-  x = x.contiguous();
-  const int64_t R = x.size(0), K = x.size(1), N = w.size(0);
-  auto y = at::empty({R, N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const int8_t* wp = w.data_ptr<int8_t>();
-  const float* sp = scale.data_ptr<float>();
-  const float* bp = bias.numel() ? bias.data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, (N + kOutBlock - 1) / kOutBlock, 16, [&](int64_t b0, int64_t b1) {
-    // a few output rows at a time, all rows of x for them while their weights are in L1
-    constexpr int64_t kChunk = 4 * kOutBlock;
-    for (int64_t n0 = b0 * kOutBlock; n0 < std::min(N, b1 * kOutBlock); n0 += kChunk) {
-      const int64_t n1 = std::min({N, b1 * kOutBlock, n0 + kChunk});
-      for (int64_t r0 = 0; r0 < R; r0 += kRowBlock) {
-        const float* xr = xp + r0 * K;
-        float* yr = yp + r0 * N;
-        switch (std::min(kRowBlock, R - r0)) {
-          case 1: block<1>(xr, wp, sp, bp, yr, K, N, n0, n1); break;
-          case 2: block<2>(xr, wp, sp, bp, yr, K, N, n0, n1); break;
-          case 3: block<3>(xr, wp, sp, bp, yr, K, N, n0, n1); break;
-          default: block<4>(xr, wp, sp, bp, yr, K, N, n0, n1); break;
-        }
-      }
-    }
-  });
-  return y;
+  return gptlab::checked_few_rows_product<kOutBlock, kOutBlock, kPrefetch, int8_t>(x, w, scale.data_ptr<float>(),
+                                                                                    bias);
 }

@@ -8,6 +8,7 @@
 torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor scale, torch::Tensor bias);
 torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor scale, torch::Tensor offset, int64_t G,
                         torch::Tensor bias);
+torch::Tensor float_gemv(torch::Tensor x, torch::Tensor w, torch::Tensor bias);
 torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor visible);
 std::tuple<torch::Tensor, torch::Tensor> causal_attention(torch::Tensor qkv);
 torch::Tensor causal_attention_backward(torch::Tensor grad, torch::Tensor qkv, torch::Tensor y, torch::Tensor lse);
@@ -30,6 +31,7 @@ torch::Tensor gelu_tanh_backward(torch::Tensor grad, torch::Tensor x);
 GPTLAB_LIBRARY(GPTLAB_OPS, m) {
   m.def("int8_gemv(Tensor x, Tensor w, Tensor scale, Tensor bias) -> Tensor");
   m.def("int4_gemv(Tensor x, Tensor w, Tensor scale, Tensor offset, int group, Tensor bias) -> Tensor");
+  m.def("float_gemv(Tensor x, Tensor w, Tensor bias) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor visible) -> Tensor");
   m.def("causal_attention(Tensor qkv) -> (Tensor, Tensor)");
   m.def("causal_attention_backward(Tensor grad, Tensor qkv, Tensor y, Tensor lse) -> Tensor");
@@ -42,6 +44,7 @@ GPTLAB_LIBRARY(GPTLAB_OPS, m) {
 GPTLAB_LIBRARY_IMPL(GPTLAB_OPS, CPU, m) {
   m.impl("int8_gemv", &int8_gemv);
   m.impl("int4_gemv", &int4_gemv);
+  m.impl("float_gemv", &float_gemv);
   m.impl("decode_attention", &decode_attention);
   m.impl("causal_attention", &causal_attention);
   m.impl("causal_attention_backward", &causal_attention_backward);
@@ -54,6 +57,7 @@ GPTLAB_LIBRARY_IMPL(GPTLAB_OPS, CPU, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_gemv", &int8_gemv, "int8 weight-only matrix product for a few rows");
   m.def("int4_gemv", &int4_gemv, "packed 4-bit weight-only matrix product with group scales");
+  m.def("float_gemv", &float_gemv, "float32 matrix product for a few rows (decoding's linear layers)");
   m.def("decode_attention", &decode_attention, "one token's attention over the slots a mask shows");
   m.def("causal_attention", &causal_attention, "causal attention of a whole sequence, and each query's logsumexp");
   m.def("causal_attention_backward", &causal_attention_backward, "its gradient for the fused (B, T, 3, H, D) qkv");

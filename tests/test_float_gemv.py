@@ -68,6 +68,20 @@ def test_the_layer_takes_the_kernel_only_for_a_few_rows_without_autograd():
     assert not few_rows_kernel_applies(torch.randn(1, 1, 16), layer.weight, layer.bias)  # training: autograd
 
 
+def test_kernel_operands_are_refused_whenever_autograd_needs_a_gradient():
+    x, w, bias = torch.randn(1, 8), torch.randn(4, 8), torch.randn(4)
+    assert native.inference_operands(x, w, bias, torch.float32)  # grad mode, but nothing asks for a gradient
+    for needs in (x, w, bias):
+        needs.requires_grad_()
+        assert not native.inference_operands(x, w, bias, torch.float32)
+        with torch.no_grad():
+            assert native.inference_operands(x, w, bias, torch.float32)
+        needs.requires_grad_(False)
+    assert not native.inference_operands(x, w, bias, torch.int8)  # the weights are not of the kernel's type
+    assert not native.inference_operands(x, w.t(), None, torch.float32)  # not contiguous
+    assert not native.inference_operands(x.double(), w, None, torch.float32)
+
+
 def test_the_layer_gives_what_nn_linear_gives_and_still_trains():
     torch.manual_seed(0)
     ours, plain = Linear(48, 20), torch.nn.Linear(48, 20)

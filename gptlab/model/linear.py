@@ -21,9 +21,7 @@ FEW_ROWS = 4  # the kernel's row block: beyond it the library GEMM reuses each w
 
 def few_rows_kernel_applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """Whether x @ weight.T + bias goes to the C++ kernel: 1..FEW_ROWS float32 rows on the CPU, no autograd."""
-    return (not torch.is_grad_enabled() and 0 < x.numel() <= FEW_ROWS * x.shape[-1] and x.device.type == "cpu"
-            and x.dtype == weight.dtype == torch.float32 and weight.is_contiguous()
-            and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))
+    return (0 < x.numel() <= FEW_ROWS * x.shape[-1] and native.inference_operands(x, weight, bias, torch.float32)
             and native.load() is not None)
 
 

@@ -1,7 +1,8 @@
 """Building and loading gptlab's C++ kernels on first use: int8 and 4-bit weight-only matrix products
-(csrc/int_gemv.cpp) and float32 ones for a few rows (csrc/float_gemv.cpp, decoding's linear layers), one token's attention over a fixed-size KV cache (csrc/decode_attention.cpp), and, with their
-gradients, a whole sequence's causal attention (csrc/causal_attention.cpp), GPT-2's tanh GELU (csrc/gelu.cpp) and
-the training cross-entropy (csrc/cross_entropy.cpp).
+(csrc/int_gemv.cpp) and float32 ones for a few rows (csrc/float_gemv.cpp, decoding's linear layers), one token's
+attention over a fixed-size KV cache (csrc/decode_attention.cpp), and, with their gradients, a whole sequence's
+causal attention (csrc/causal_attention.cpp), GPT-2's tanh GELU (csrc/gelu.cpp) and the training cross-entropy
+(csrc/cross_entropy.cpp).
 
 The kernels are compiled once per machine with torch's extension builder (a C++ compiler and ninja; the `ninja`
 package is a gptlab dependency) into ~/.cache/gptlab/kernels (or $GPTLAB_KERNEL_CACHE), ~30 s the first time,
@@ -147,6 +148,19 @@ def ready_for(*tensors: torch.Tensor) -> bool:
     if not all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
         return False
     return load() is not None
+
+
+def inference_operands(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       weight_dtype: torch.dtype) -> bool:
+    """Whether a few-row product kernel (float32 or integer weights; none has a backward) may take these operands:
+    float32 x on the CPU, a contiguous `weight` of `weight_dtype`, a contiguous float32 bias or none, and nothing
+    that autograd would need a gradient for. Unlike `ready_for`, it holds while torch.compile traces: the compiled
+    decode step calls these kernels as operators."""
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                              or (bias is not None and bias.requires_grad))
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == weight_dtype
+            and weight.is_contiguous() and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))
+            and not needs_grad)
 
 
 def kernel(name: str):

@@ -42,10 +42,8 @@ _compiled_matmul = None
 
 def _native_fits(x: Tensor, w: Tensor, scale: Tensor, bias: Tensor | None, code_dtype=torch.int8) -> bool:
     """float32 inputs on the CPU without autograd (the kernels have no backward), contiguous operands."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == code_dtype and w.is_contiguous()
-            and scale.dtype == torch.float32 and scale.is_contiguous()
-            and (bias is None or (bias.dtype == torch.float32 and bias.is_contiguous()))
-            and not (torch.is_grad_enabled() and x.requires_grad))
+    return (native.inference_operands(x, w, bias, code_dtype) and scale.dtype == torch.float32
+            and scale.is_contiguous())
 
 
 def int4_linear(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group: int,

@@ -49,14 +49,16 @@ def check(kernel, B: int, T: int, H: int, D: int, sharpness: float = 1.0, seed: 
     qkv = torch.randn(B, T, 3, H, D, generator=g)
     qkv[:, :, :2] *= sharpness  # larger q·k: peaked weights, the softmax's hard case
     grad = torch.randn(B, T, H, D, generator=g)
-    y, lse = kernel.causal_attention(qkv)
     y_ref, lse_ref, gradient = reference(qkv)
-    assert y.shape == (B, T, H, D) and lse.shape == (B, H, T)
-    assert torch.allclose(y.double(), y_ref, atol=2e-6 * sharpness, rtol=1e-5)
-    assert torch.allclose(lse.double(), lse_ref, atol=1e-5 * sharpness, rtol=1e-6)
-    dqkv = kernel.causal_attention_backward(grad, qkv, y, lse)
     expected = gradient(grad)
-    assert torch.allclose(dqkv.double(), expected, atol=1e-5 * sharpness ** 2, rtol=1e-4)
+    for keep in (False, True):  # the backward recomputing the weights, or reading those the forward kept
+        y, lse, weights = kernel.causal_attention(qkv, keep)
+        assert y.shape == (B, T, H, D) and lse.shape == (B, H, T)
+        assert weights.numel() == (B * H * native.kept_weights_per_pair(T) if keep else 0)
+        assert torch.allclose(y.double(), y_ref, atol=2e-6 * sharpness, rtol=1e-5)
+        assert torch.allclose(lse.double(), lse_ref, atol=1e-5 * sharpness, rtol=1e-6)
+        dqkv = kernel.causal_attention_backward(grad, qkv, y, lse, weights)
+        assert torch.allclose(dqkv.double(), expected, atol=1e-5 * sharpness ** 2, rtol=1e-4)
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
@@ -80,8 +82,8 @@ def test_any_shape_matches_the_reference(B, T, H, D, seed):
 
 
 @settings(max_examples=15, deadline=None)
-@given(T=st.integers(2, 140), cut=st.integers(0, 139), seed=st.integers(0, 2**16))
-def test_no_query_sees_a_later_token(T, cut, seed):
+@given(T=st.integers(2, 140), cut=st.integers(0, 139), keep=st.booleans(), seed=st.integers(0, 2**16))
+def test_no_query_sees_a_later_token(T, cut, keep, seed):
     """Changing the tokens after `cut` leaves every output up to `cut` bit for bit, and a loss on those outputs
     sends exactly no gradient to the later tokens: the blocks' hidden scores are computed but never used."""
     kernel = loaded_kernel()
@@ -90,13 +92,13 @@ def test_no_query_sees_a_later_token(T, cut, seed):
     qkv = torch.randn(2, T, 3, 2, 16, generator=g)
     changed = qkv.clone()
     changed[:, cut + 1:] = torch.randn(changed[:, cut + 1:].shape, generator=g) * 5
-    y, lse = kernel.causal_attention(qkv)
-    y_changed, lse_changed = kernel.causal_attention(changed)
+    y, lse, weights = kernel.causal_attention(qkv, keep)
+    y_changed, lse_changed, _ = kernel.causal_attention(changed, keep)
     assert torch.equal(y[:, : cut + 1], y_changed[:, : cut + 1])
     assert torch.equal(lse[:, :, : cut + 1], lse_changed[:, :, : cut + 1])
     grad = torch.randn(y.shape, generator=g)
     grad[:, cut + 1:] = 0
-    dqkv = kernel.causal_attention_backward(grad, qkv, y, lse)
+    dqkv = kernel.causal_attention_backward(grad, qkv, y, lse, weights)
     assert torch.count_nonzero(dqkv[:, cut + 1:]) == 0
 
 
@@ -104,14 +106,17 @@ def test_no_query_sees_a_later_token(T, cut, seed):
 def test_causal_attention_refuses_bad_operands(isa):
     kernel = kernel_for(isa)
     with pytest.raises(RuntimeError, match=r"\(B, T, 3, H, D\)"):
-        kernel.causal_attention(torch.randn(2, 4, 2, 8))  # four dimensions
+        kernel.causal_attention(torch.randn(2, 4, 2, 8), False)  # four dimensions
     with pytest.raises(RuntimeError, match="contiguous float32"):
-        kernel.causal_attention(torch.randn(2, 4, 3, 1, 8).transpose(0, 1))
+        kernel.causal_attention(torch.randn(2, 4, 3, 1, 8).transpose(0, 1), False)
     with pytest.raises(RuntimeError, match="contiguous float32"):
-        kernel.causal_attention(torch.randn(2, 4, 3, 1, 8, dtype=torch.float64))
-    y, lse = kernel.causal_attention(torch.randn(2, 4, 3, 1, 8))
+        kernel.causal_attention(torch.randn(2, 4, 3, 1, 8, dtype=torch.float64), False)
+    qkv = torch.randn(2, 4, 3, 1, 8)
+    y, lse, weights = kernel.causal_attention(qkv, True)
     with pytest.raises(RuntimeError, match="grad and y"):
-        kernel.causal_attention_backward(torch.randn(2, 4, 8), torch.randn(2, 4, 3, 1, 8), y, lse)
+        kernel.causal_attention_backward(torch.randn(2, 4, 8), qkv, y, lse, weights)
+    with pytest.raises(RuntimeError, match="kept weights or empty"):
+        kernel.causal_attention_backward(torch.randn(y.shape), qkv, y, lse, weights[1:])
 
 
 def tiny_model(**overrides) -> GPT:

@@ -139,8 +139,9 @@ def test_cross_entropy_and_its_gradient_equal_the_float64_reference(isa, rows, v
     loss, lse = kernel.cross_entropy(logits, targets)
     assert abs(loss.item() - expected.item()) <= 1e-5 * max(1.0, abs(expected.item()))
     assert torch.allclose(lse.double(), torch.logsumexp(x64.detach(), -1), atol=1e-5)
-    grad = kernel.cross_entropy_backward(torch.tensor(0.5), logits, targets, lse)
-    assert torch.allclose(grad.double(), x64.grad, atol=1e-7, rtol=1e-5)
+    loss_too, unit_grad = kernel.cross_entropy_with_grad(logits, targets)
+    assert abs(loss_too.item() - expected.item()) <= 1e-5 * max(1.0, abs(expected.item()))
+    assert torch.allclose(0.5 * unit_grad.double(), x64.grad, atol=1e-7, rtol=1e-5)
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
@@ -150,6 +151,8 @@ def test_cross_entropy_refuses_a_target_outside_the_vocabulary(isa):
         kernel.cross_entropy(torch.randn(3, 10), torch.tensor([1, 10, 2]))
     with pytest.raises(RuntimeError, match="one entry per row"):
         kernel.cross_entropy(torch.randn(3, 10), torch.tensor([1, 2]))
+    with pytest.raises(RuntimeError, match="outside the vocabulary"):
+        kernel.cross_entropy_with_grad(torch.randn(3, 10), torch.tensor([1, -1, 2]))
 
 
 def test_the_training_loss_is_the_library_cross_entropy(monkeypatch):
@@ -163,6 +166,15 @@ def test_the_training_loss_is_the_library_cross_entropy(monkeypatch):
     (loss * 3).backward()
     (expected * 3).backward()
     assert torch.allclose(loss, expected, atol=1e-6) and torch.allclose(logits.grad, reference.grad, atol=1e-7)
+    # an incoming gradient of 1 (the gradient computed with the loss, handed on as it is), twice over one graph
+    logits.grad = reference.grad = None
+    loss = lm_loss(logits, targets)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    F.cross_entropy(reference.view(-1, 85), targets.view(-1)).backward()
+    assert torch.allclose(logits.grad, 2 * reference.grad, atol=1e-7)
+    with torch.no_grad():  # no gradient asked for: the loss alone
+        assert torch.allclose(lm_loss(logits, targets), expected, atol=1e-6)
     monkeypatch.setattr(native, "_module", None)  # a machine without the kernels: the library's, exactly
     monkeypatch.setattr(native, "why_not", "turned off by the test")
     assert torch.equal(lm_loss(logits, targets), F.cross_entropy(logits.view(-1, 85), targets.view(-1)))

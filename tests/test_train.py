@@ -154,7 +154,7 @@ def test_gradient_accumulation_is_the_same_maths_at_any_split():
 
 
 @pytest.mark.parametrize("clip", [1e-3, 1e3, 0.0])  # clipping, a norm far below the limit, no clipping
-def test_clipping_gives_torchs_clip_grad_norm_update_exactly(clip):
+def test_clipping_gives_torchs_clip_grad_norm_update(clip):
     cfg = apply_overrides(tiny_config(), [f"train.grad_clip={clip}"]).train
     batch = [(torch.randint(0, 40, (2, 8)), torch.randint(0, 40, (2, 8)))]
     models = []
@@ -172,7 +172,11 @@ def test_clipping_gives_torchs_clip_grad_norm_update_exactly(clip):
     expected = torch.nn.utils.clip_grad_norm_(reference.parameters(), clip if clip > 0 else math.inf).item()
     ref_opt.step()
     assert norm == pytest.approx(expected, rel=1e-6)
-    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
+    if clip == 1e-3:  # scaled by clip / norm: the norm is a sum in another order, equal to float32 rounding
+        assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-9) for a, b in zip(ours.parameters(),
+                                                                               reference.parameters()))
+    else:  # not scaled at all, as torch's scale of exactly 1 leaves them
+        assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
 
 
 def test_non_finite_loss_stops_before_the_update():

@@ -17,17 +17,25 @@ from torch import Tensor
 from gptlab import native
 
 
+def keeps_weights(qkv: Tensor) -> bool:
+    """Whether the forward keeps the attention weights for the backward: when they take no more memory than `qkv`
+    itself (T ≤ 6·D; GPT-2's T = 256, D = 64: two thirds of it). The backward then skips recomputing the scores and
+    their exponentials. This costs no more than torch's path, which keeps head-major copies of q, k and v."""
+    B, T, _, H, _ = qkv.shape
+    return B * H * native.kept_weights_per_pair(T) <= qkv.numel()
+
+
 class _CausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv: Tensor) -> Tensor:
-        y, lse = native.load().causal_attention(qkv)
-        ctx.save_for_backward(qkv, y, lse)
+        y, lse, weights = native.load().causal_attention(qkv, ctx.needs_input_grad[0] and keeps_weights(qkv))
+        ctx.save_for_backward(qkv, y, lse, weights)
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        qkv, y, lse = ctx.saved_tensors
-        return native.load().causal_attention_backward(grad.contiguous(), qkv, y, lse)
+        qkv, y, lse, weights = ctx.saved_tensors
+        return native.load().causal_attention_backward(grad.contiguous(), qkv, y, lse, weights)
 
 
 def kernel_applies(qkv: Tensor, dropout: float) -> bool:

@@ -125,13 +125,22 @@ def _register_shapes(namespace: str) -> None:
     fake(f"{namespace}::gelu_tanh_backward")(lambda grad, x: torch.empty_like(x))
     fake(f"{namespace}::cross_entropy")(
         lambda logits, targets: (logits.new_empty(()), logits.new_empty(logits.shape[:1])))
-    fake(f"{namespace}::cross_entropy_backward")(lambda grad, logits, targets, lse: torch.empty_like(logits))
-    fake(f"{namespace}::causal_attention")(  # qkv (B, T, 3, H, D) -> y (B, T, H, D), lse (B, H, T)
-        lambda qkv: (qkv.new_empty((*qkv.shape[:2], *qkv.shape[3:])),
-                     qkv.new_empty((qkv.shape[0], qkv.shape[3], qkv.shape[1]))))
-    fake(f"{namespace}::causal_attention_backward")(lambda grad, qkv, y, lse: torch.empty_like(qkv))
+    fake(f"{namespace}::cross_entropy_with_grad")(
+        lambda logits, targets: (logits.new_empty(()), torch.empty_like(logits)))
+    fake(f"{namespace}::causal_attention")(  # qkv (B, T, 3, H, D) -> y (B, T, H, D), lse (B, H, T), weights
+        lambda qkv, keep: (qkv.new_empty((*qkv.shape[:2], *qkv.shape[3:])),
+                           qkv.new_empty((qkv.shape[0], qkv.shape[3], qkv.shape[1])),
+                           qkv.new_empty(qkv.shape[0] * qkv.shape[3] * kept_weights_per_pair(qkv.shape[1])
+                                         if keep else 0)))
+    fake(f"{namespace}::causal_attention_backward")(lambda grad, qkv, y, lse, weights: torch.empty_like(qkv))
     fake(f"{namespace}::decode_attention")(
         lambda q, k, v, visible: q.new_empty((k.shape[0], k.shape[1], 1, k.shape[3])))
+
+
+def kept_weights_per_pair(T: int, block: int = 64) -> int:
+    """Floats of the attention weights `causal_attention` keeps per (batch, head) pair: each block of `block`
+    query rows times the keys it sees (csrc/causal_attention.cpp, kBlock)."""
+    return sum(min(block, T - i0) * min(i0 + block, T) for i0 in range(0, T, block))
 
 
 def operator(name: str):

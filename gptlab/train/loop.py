@@ -32,6 +32,7 @@ from gptlab.train.checkpoint import (Checkpoint, load_checkpoint, load_model_sta
 from gptlab.train.callbacks import (Callback, LogitProbe, NonFinitePolicy, PeftExport, QATWatch, ResumeContinuity,
                                     SpikeWatch)
 from gptlab.train.distributed import Distributed, set_threads
+from gptlab.train.grad_norm import total_norm
 from gptlab.train.losses import lm_loss, z_loss
 from gptlab.train.metrics import MetricsLog
 from gptlab.transforms import apply_for_training
@@ -136,7 +137,7 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, mic
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteStep(step + 1, "loss", total, cfg)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    norm = total_norm([p.grad for p in params if p.grad is not None])
     grad_norm = norm.item()
     if not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)

@@ -1,9 +1,9 @@
-// Mean next-token cross-entropy over rows of float32 logits, and its gradient, each in one pass over the logits.
-// The library's path (log_softmax, then nll_loss, and their backward) writes the (rows × vocab) log-probabilities,
-// fills a (rows × vocab) gradient with zeros and reads both again: for GPT-2 124M at batch 4 × 256 that is
-// ~200 MB moved five times per step. Here the forward keeps one logsumexp per row and the backward writes
-// softmax − one-hot straight from the logits. Rows whose target is −100 are left out, as the library's
-// ignore_index. Rows are split across torch's threads (vec.h).
+// Mean next-token cross-entropy over rows of float32 logits, with or without its gradient, in one pass over the
+// logits. The library's path (log_softmax, then nll_loss, and their backward) writes the (rows × vocab)
+// log-probabilities, fills a (rows × vocab) gradient with zeros and reads both again: for GPT-2 124M at batch
+// 4 × 256 that is ~200 MB moved five times per step. Here a training step writes softmax − one-hot while each row
+// of logits is in cache, and evaluation keeps only one logsumexp per row. Rows whose target is −100 are left out,
+// as the library's ignore_index. Rows are split across torch's threads (vec.h).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -70,35 +70,59 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy(at::Tensor logits, at::Tensor t
   return {at::full({}, mean, logits.options()), lse};
 }
 
-// d loss / d logits = grad · (softmax − one-hot) / rows counted
-at::Tensor cross_entropy_backward(at::Tensor grad, at::Tensor logits, at::Tensor targets,
-                                     at::Tensor lse) {
+// (mean loss, its gradient d loss / d logits = (softmax − one-hot) / rows counted), for a training step: the one
+// exponential per logit that the logsumexp needs is written into the gradient's row, which is then scaled while
+// it is still in cache, so the logits are read from memory once and no backward pass reads them again
+std::tuple<at::Tensor, at::Tensor> cross_entropy_with_grad(at::Tensor logits, at::Tensor targets) {
   check_operands(logits, targets);
   const int64_t R = logits.size(0), N = logits.size(1);
-  TORCH_CHECK(lse.numel() == R && lse.scalar_type() == at::kFloat, "lse must be float32 (rows,)");
-  auto out = at::empty_like(logits);
   const float* xp = logits.data_ptr<float>();
   const int64_t* tp = targets.data_ptr<int64_t>();
-  const float* lp = lse.contiguous().data_ptr<float>();
-  float* gp = out.data_ptr<float>();
   int64_t counted = 0;
-  for (int64_t r = 0; r < R; ++r) counted += tp[r] != kIgnore;
-  const float scale = counted ? grad.item<float>() / static_cast<float>(counted) : 0.f;
+  for (int64_t r = 0; r < R; ++r) {
+    TORCH_CHECK(tp[r] == kIgnore || (tp[r] >= 0 && tp[r] < N), "target ", tp[r], " is outside the vocabulary of ", N);
+    counted += tp[r] != kIgnore;
+  }
+  auto grad = at::empty_like(logits);
+  auto row_loss = at::empty({R}, logits.options().dtype(at::kDouble));
+  float* gp = grad.data_ptr<float>();
+  double* lp = row_loss.data_ptr<double>();
+  const float per_row = counted ? 1.f / static_cast<float>(counted) : 0.f;
   at::parallel_for(0, R, kRowGrain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = xp + r * N;
       float* g = gp + r * N;
       if (tp[r] == kIgnore) {
         std::fill(g, g + N, 0.f);
+        lp[r] = 0.0;
         continue;
       }
-      const V::T shift = V::set1(lp[r]), s = V::set1(scale);
+      const float m = gptlab::max_of(x, N);
+      if (std::isinf(m)) {  // every logit −inf, or +inf somewhere: no finite softmax, as the library gives NaN
+        std::fill(g, g + N, std::numeric_limits<float>::quiet_NaN());
+        lp[r] = std::numeric_limits<double>::quiet_NaN();
+        continue;
+      }
+      const V::T shift = V::set1(m);
+      V::T acc = V::zero();
       int64_t i = 0;
-      for (; i + V::L <= N; i += V::L)
-        V::store(g + i, V::mul(s, gptlab::exp_nonpositive(V::sub(V::load(x + i), shift))));
-      for (; i < N; ++i) g[i] = scale * std::exp(x[i] - lp[r]);
-      g[tp[r]] -= scale;
+      for (; i + V::L <= N; i += V::L) {
+        const V::T e = gptlab::exp_nonpositive(V::sub(V::load(x + i), shift));
+        V::store(g + i, e);
+        acc = V::add(acc, e);
+      }
+      float sum = V::sum(acc);
+      for (; i < N; ++i) sum += (g[i] = std::exp(x[i] - m));
+      const float scale = per_row / sum;
+      const V::T s = V::set1(scale);
+      for (i = 0; i + V::L <= N; i += V::L) V::store(g + i, V::mul(V::load(g + i), s));
+      for (; i < N; ++i) g[i] *= scale;
+      g[tp[r]] -= per_row;
+      lp[r] = static_cast<double>(m) + std::log(static_cast<double>(sum)) - x[tp[r]];
     }
   });
-  return out;
+  double total = 0.0;
+  for (int64_t r = 0; r < R; ++r) total += lp[r];
+  const float mean = counted ? static_cast<float>(total / counted) : std::numeric_limits<float>::quiet_NaN();
+  return {at::full({}, mean, logits.options()), grad};
 }

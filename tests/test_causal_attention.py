@@ -51,14 +51,17 @@ def check(kernel, B: int, T: int, H: int, D: int, sharpness: float = 1.0, seed: 
     grad = torch.randn(B, T, H, D, generator=g)
     y_ref, lse_ref, gradient = reference(qkv)
     expected = gradient(grad)
+    outputs = []
     for keep in (False, True):  # the backward recomputing the weights, or reading those the forward kept
         y, lse, weights = kernel.causal_attention(qkv, keep)
+        outputs.append(y)
         assert y.shape == (B, T, H, D) and lse.shape == (B, H, T)
         assert weights.numel() == (B * H * native.kept_weights_per_pair(T) if keep else 0)
         assert torch.allclose(y.double(), y_ref, atol=2e-6 * sharpness, rtol=1e-5)
         assert torch.allclose(lse.double(), lse_ref, atol=1e-5 * sharpness, rtol=1e-6)
         dqkv = kernel.causal_attention_backward(grad, qkv, y, lse, weights)
         assert torch.allclose(dqkv.double(), expected, atol=1e-5 * sharpness ** 2, rtol=1e-4)
+    assert torch.equal(*outputs)  # keeping the weights changes no output bit (a model under no_grad as with grad)
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])

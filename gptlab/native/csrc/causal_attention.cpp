@@ -121,15 +121,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_attention(at::Tensor qkv, 
           std::fill(row + n, row + e, 0.0f);
           inv_sum[j] = 1.0f / sum;
           l[i0 + j] = m + std::log(sum);
-          if (keep_weights) scale_row(row, n, inv_sum[j]);  // kept normalised, as the backward reads them
         }
-        // the weights times the values; unnormalised ones (not kept) are divided by their sum in the output rows,
-        // D instead of e floats a row
+        // the weights unnormalised times the values, then each output row divided by its sum (D, not e, floats)
         gemm(false, false, r, D, e, 1.0f, s, e, v, 3 * C, 0.0f, out + i0 * C, C);
-        if (keep_weights)
+        for (int64_t j = 0; j < r; ++j) scale_row(out + (i0 + j) * C, D, inv_sum[j]);
+        if (keep_weights) {  // kept normalised, as the backward reads them; the output is the same either way
+          for (int64_t j = 0; j < r; ++j) scale_row(s + j * e, i0 + j + 1, inv_sum[j]);
           kept += r * e;
-        else
-          for (int64_t j = 0; j < r; ++j) scale_row(out + (i0 + j) * C, D, inv_sum[j]);
+        }
       }
     }
   });

@@ -95,7 +95,7 @@ LAYERS = (
     ("gptlab", "allocator", "errors", "paths", "io", "lock", "tensorfile", "document", "quant", "adapters", "interop", "bench",
      "train", "commands", "lab", "lab.stats", "lab.sequential"),  # packages whose __init__ imports nothing; plain utilities
     ("config", "tokenizers", "corpus", "memory", "model.filters", "train.distributed", "train.losses", "train.grad_norm",
-     "train.efficiency", "train.metrics", "train.checkpoint", "bench.hardware", "bench.minimal_script", "native"),
+     "train.efficiency", "train.metrics", "train.checkpoint", "bench.hardware", "bench.breakdown", "bench.minimal_script", "native"),
     ("data", "model.*"),  # the model knows nothing of what is built on it
     ("rundir", "bands", "evaluate", "static_decode", "generate", "budget", "train.optim", "train.probes", "quant.fake", "quant.kernels", "quant.linear",
      "quant.ptq", "quant.qat", "adapters.lora", "adapters.peft_format"),  # techniques: transforms of a built model

@@ -12,6 +12,7 @@ import time
 import torch
 
 from gptlab.allocator import minor_faults, retain_freed_memory
+from gptlab.bench.breakdown import format_breakdown, step_breakdown
 from gptlab.bench.hardware import matmul_peak, synchronize
 from gptlab.config import RunConfig, build_config
 from gptlab.io import atomic_write_text
@@ -35,7 +36,7 @@ def _time_steps(step_fn, steps: int, warmup: int, device: str = "cpu") -> tuple[
     return time.perf_counter() - t0, (minor_faults() - f0) / steps
 
 
-def time_gptlab(cfg: RunConfig, steps: int, warmup: int) -> dict:
+def time_gptlab(cfg: RunConfig, steps: int, warmup: int, breakdown: bool = False) -> dict:
     device = cfg.train.device
     torch.manual_seed(0)
     model = GPT(cfg.model).to(device).train()
@@ -51,10 +52,10 @@ def time_gptlab(cfg: RunConfig, steps: int, warmup: int) -> dict:
     seconds, faults = _time_steps(step, steps, warmup, device)
     tokens = steps * B * T * cfg.train.grad_accum
     return {"tokens_per_s": tokens / seconds, "faults_per_step": faults, "flops_per_token": flops_per_token(model, T),
-            "parameters": count_parameters(model)}
+            "parameters": count_parameters(model), "breakdown": step_breakdown(step) if breakdown else None}
 
 
-def time_transformers(cfg: RunConfig, steps: int, warmup: int) -> dict:
+def time_transformers(cfg: RunConfig, steps: int, warmup: int, breakdown: bool = False) -> dict:
     from gptlab.interop.hf import hf_config, quiet_transformers
 
     quiet_transformers()
@@ -81,17 +82,18 @@ def time_transformers(cfg: RunConfig, steps: int, warmup: int) -> dict:
         opt.zero_grad(set_to_none=True)
 
     seconds, faults = _time_steps(step, steps, warmup, device)
-    return {"tokens_per_s": steps * B * T * t.grad_accum / seconds, "faults_per_step": faults}
+    return {"tokens_per_s": steps * B * T * t.grad_accum / seconds, "faults_per_step": faults,
+            "breakdown": step_breakdown(step) if breakdown else None}
 
 
 def bench_train(config_file: str | None, overrides: list[str], steps: int, warmup: int, vs: str | None,
-                json_out: str | None) -> dict:
+                json_out: str | None, breakdown: bool = False) -> dict:
     cfg = build_config(config_file, BENCH_DEFAULTS + list(overrides))
     check_device(cfg.train.device)
     threads = set_threads(cfg.train.threads)
     retained = retain_freed_memory()  # as in training; it holds for transformers' steps too (one process)
     peak = matmul_peak(device=cfg.train.device)
-    ours = time_gptlab(cfg, steps, warmup)
+    ours = time_gptlab(cfg, steps, warmup, breakdown)
     mfu = ours["tokens_per_s"] * ours["flops_per_token"] / peak
     result = {"bench": "train", "device": cfg.train.device, "threads": threads, "dtype": cfg.train.dtype, "parameters": ours["parameters"],
               "batch": cfg.train.batch_size, "block_size": cfg.model.block_size,
@@ -106,14 +108,38 @@ def bench_train(config_file: str | None, overrides: list[str], steps: int, warmu
     print(f"fp32 matmul peak (2048², same run): {peak / 1e9:8.1f} GFLOP/s")
     print(f"gptlab:        {ours['tokens_per_s']:10,.0f} tokens/s   MFU {100 * mfu:5.1f} % of that peak   "
           f"{ours['faults_per_step']:9,.0f} page faults per step")
+    theirs = None
     if vs == "transformers":
-        theirs = time_transformers(cfg, steps, warmup)
+        theirs = time_transformers(cfg, steps, warmup, breakdown)
         ratio = ours["tokens_per_s"] / theirs["tokens_per_s"]
         result.update({"transformers_tokens_per_s": theirs["tokens_per_s"], "ratio_vs_transformers": ratio,
                        "transformers_faults_per_step": theirs["faults_per_step"]})
         print(f"transformers:  {theirs['tokens_per_s']:10,.0f} tokens/s   gptlab / transformers = {ratio:.2f}×   "
               f"{theirs['faults_per_step']:9,.0f} page faults per step")
+    if breakdown:
+        result.update(_print_breakdown(ours, theirs, cfg.train.batch_size * m.block_size * cfg.train.grad_accum))
     print(json.dumps(result))
     if json_out:
         atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _print_breakdown(ours: dict, theirs: dict | None, tokens_per_step: int) -> dict:
+    """The table of where a step's time goes, and how far removing everything but the matrix products could take
+    the ratio: the baseline's timed step over gptlab's matrix products alone."""
+    columns = {"gptlab": ours["breakdown"]} | ({"transformers": theirs["breakdown"]} if theirs else {})
+    print("where a step's time goes (torch.profiler self time, ms per step, 2 profiled steps each):")
+    for row in format_breakdown(columns):
+        print("  " + row)
+    products = ours["breakdown"]["matrix products"]
+    share = products / sum(ours["breakdown"].values())
+    print(f"matrix products are {100 * share:.0f} % of gptlab's profiled step", end="")
+    extra = {"breakdown_ms_per_step": {side: {k: 1e3 * v for k, v in col.items()} for side, col in columns.items()},
+             "matrix_product_share": share}
+    if theirs:
+        ceiling = tokens_per_step / theirs["tokens_per_s"] / products
+        extra["ratio_ceiling_vs_transformers"] = ceiling
+        print(f"; with nothing else in it, gptlab's step would run at most {ceiling:.2f}× transformers' "
+              "(its timed step ÷ gptlab's matrix products)", end="")
+    print()
+    return extra

@@ -10,7 +10,7 @@ from gptlab.commands.common import add_config_args, add_set, count, number, outp
 def cmd_bench_train(args: argparse.Namespace) -> None:
     from gptlab.bench.train import bench_train
 
-    bench_train(args.config, with_device(args), args.steps, args.warmup, args.vs, args.json)
+    bench_train(args.config, with_device(args), args.steps, args.warmup, args.vs, args.json, args.breakdown)
 
 
 def cmd_bench_decode(args: argparse.Namespace) -> None:
@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(q)
     q.add_argument("--steps", type=count(1), default=20, help="timed optimizer steps (default 20)")
     q.add_argument("--warmup", type=count(0), default=3, help="untimed steps first (default 3)")
+    q.add_argument("--breakdown", action="store_true", help="also profile 2 steps of each side and print where a "
+                   "step's time goes (matrix products, attention, loss, optimizer, ...), and the ratio gptlab "
+                   "would reach if everything but its matrix products took no time")
     _common(q)
     q.set_defaults(func=cmd_bench_train)
 

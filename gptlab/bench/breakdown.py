@@ -25,6 +25,7 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("other elementwise", ("aten::add", "aten::sum", "aten::mul", "aten::div", "aten::sub")),
 ]
 OTHER = "everything else"
+PROFILED_STEPS = 2
 
 
 def category(name: str) -> str:
@@ -34,7 +35,7 @@ def category(name: str) -> str:
     return OTHER
 
 
-def step_breakdown(step: Callable[[], object], steps: int = 2) -> dict[str, float]:
+def step_breakdown(step: Callable[[], object], steps: int = PROFILED_STEPS) -> dict[str, float]:
     """Seconds per step in each category (CATEGORIES, then OTHER), profiling `steps` calls of `step`."""
     from torch.profiler import ProfilerActivity, profile
 

@@ -12,7 +12,7 @@ import time
 import torch
 
 from gptlab.allocator import minor_faults, retain_freed_memory
-from gptlab.bench.breakdown import format_breakdown, step_breakdown
+from gptlab.bench.breakdown import PROFILED_STEPS, format_breakdown, step_breakdown
 from gptlab.bench.hardware import matmul_peak, synchronize
 from gptlab.config import RunConfig, build_config
 from gptlab.io import atomic_write_text
@@ -128,7 +128,7 @@ def _print_breakdown(ours: dict, theirs: dict | None, tokens_per_step: int) -> d
     """The table of where a step's time goes, and how far removing everything but the matrix products could take
     the ratio: the baseline's timed step over gptlab's matrix products alone."""
     columns = {"gptlab": ours["breakdown"]} | ({"transformers": theirs["breakdown"]} if theirs else {})
-    print("where a step's time goes (torch.profiler self time, ms per step, 2 profiled steps each):")
+    print(f"where a step's time goes (torch.profiler self time, ms per step, {PROFILED_STEPS} profiled steps each):")
     for row in format_breakdown(columns):
         print("  " + row)
     products = ours["breakdown"]["matrix products"]

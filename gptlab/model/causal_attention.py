@@ -22,7 +22,7 @@ def keeps_weights(qkv: Tensor) -> bool:
     itself (T ≤ 6·D; GPT-2's T = 256, D = 64: two thirds of it). The backward then skips recomputing the scores and
     their exponentials. This costs no more than torch's path, which keeps head-major copies of q, k and v."""
     B, T, _, H, _ = qkv.shape
-    return B * H * native.kept_weights_per_pair(T) <= qkv.numel()
+    return B * H * native.load().kept_weights_per_pair(T) <= qkv.numel()
 
 
 class _CausalAttention(torch.autograd.Function):

@@ -97,8 +97,8 @@ class GPT(nn.Module):
         zero-filled (vocab × width) tensor scattered into and then added whole (GPT-2 124M: 154 MB written and
         read once more a step, ~15 ms on 2 Xeon cores). The parameter's gradient, the two summed, is dense."""
         weight = self.wte.weight
-        if (type(self.wte) is nn.Embedding and getattr(self.lm_head, "weight", None) is weight and torch.is_grad_enabled()
-                and weight.requires_grad and not torch.compiler.is_compiling()):
+        tied = type(self.wte) is nn.Embedding and getattr(self.lm_head, "weight", None) is weight
+        if tied and torch.is_grad_enabled() and weight.requires_grad and not torch.compiler.is_compiling():
             return F.embedding(idx, weight, sparse=True)
         return self.wte(idx)
 

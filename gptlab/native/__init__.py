@@ -88,7 +88,7 @@ def build(isa: str):
               flush=True)
         module = load_extension(name, [str(CSRC / source) for source in SOURCES], extra_cflags=FLAGS[isa],
                                 extra_ldflags=["-fopenmp"], build_directory=str(directory), verbose=False)
-    _register_shapes(f"gptlab_{isa}")
+    _register_shapes(f"gptlab_{isa}", module)
     return module
 
 
@@ -111,12 +111,14 @@ def _import_built(name: str, library: Path):
         return None
 
 
-def _register_shapes(namespace: str) -> None:
-    """What each operator returns, for tracing without running it (torch.compile)."""
+def _register_shapes(namespace: str, module) -> None:
+    """What each operator returns, for tracing without running it (torch.compile); `module` is the build, which
+    knows how many attention weights the causal attention keeps."""
     if namespace in _shapes_registered:
         return
     _shapes_registered.add(namespace)
     fake = torch.library.register_fake
+    kept_per_pair = module.kept_weights_per_pair
     fake(f"{namespace}::int8_gemv")(lambda x, w, scale, bias: x.new_empty((x.shape[0], w.shape[0])))
     fake(f"{namespace}::float_gemv")(lambda x, w, bias: x.new_empty((x.shape[0], w.shape[0])))
     fake(f"{namespace}::int4_gemv")(
@@ -130,17 +132,10 @@ def _register_shapes(namespace: str) -> None:
     fake(f"{namespace}::causal_attention")(  # qkv (B, T, 3, H, D) -> y (B, T, H, D), lse (B, H, T), weights
         lambda qkv, keep: (qkv.new_empty((*qkv.shape[:2], *qkv.shape[3:])),
                            qkv.new_empty((qkv.shape[0], qkv.shape[3], qkv.shape[1])),
-                           qkv.new_empty(qkv.shape[0] * qkv.shape[3] * kept_weights_per_pair(qkv.shape[1])
-                                         if keep else 0)))
+                           qkv.new_empty(qkv.shape[0] * qkv.shape[3] * kept_per_pair(qkv.shape[1]) if keep else 0)))
     fake(f"{namespace}::causal_attention_backward")(lambda grad, qkv, y, lse, weights: torch.empty_like(qkv))
     fake(f"{namespace}::decode_attention")(
         lambda q, k, v, visible: q.new_empty((k.shape[0], k.shape[1], 1, k.shape[3])))
-
-
-def kept_weights_per_pair(T: int, block: int = 64) -> int:
-    """Floats of the attention weights `causal_attention` keeps per (batch, head) pair: each block of `block`
-    query rows times the keys it sees (csrc/causal_attention.cpp, kBlock)."""
-    return sum(min(block, T - i0) * min(i0 + block, T) for i0 in range(0, T, block))
 
 
 def operator(name: str):

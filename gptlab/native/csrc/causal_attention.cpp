@@ -31,7 +31,9 @@ namespace {
 
 using gptlab::V;
 using gptlab::dot;
+using gptlab::exp_shifted;
 using gptlab::max_of;
+using gptlab::scale_row;
 
 constexpr int64_t kBlock = 64;  // query rows per block
 
@@ -42,28 +44,6 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
   const int LA = static_cast<int>(ldb), LB = static_cast<int>(lda), LC = static_cast<int>(ldc);
   const char TA = tb ? 'T' : 'N', TB = ta ? 'T' : 'N';
   sgemm_(&TA, &TB, &M, &N, &K, &alpha, b, &LA, a, &LB, &beta, c, &LC);
-}
-
-// p[0..n) = exp(p − shift) in place (p ≤ shift), returning their sum
-float exp_shifted(float* p, int64_t n, float shift) {
-  const V::T sh = V::set1(shift);
-  V::T acc = V::zero();
-  int64_t i = 0;
-  for (; i + V::L <= n; i += V::L) {
-    const V::T e = gptlab::exp_nonpositive(V::sub(V::load(p + i), sh));
-    V::store(p + i, e);
-    acc = V::add(acc, e);
-  }
-  float s = V::sum(acc);
-  for (; i < n; ++i) s += (p[i] = std::exp(p[i] - shift));
-  return s;
-}
-
-void scale_row(float* p, int64_t n, float s) {
-  const V::T f = V::set1(s);
-  int64_t i = 0;
-  for (; i + V::L <= n; i += V::L) V::store(p + i, V::mul(V::load(p + i), f));
-  for (; i < n; ++i) p[i] *= s;
 }
 
 void check_qkv(const at::Tensor& qkv) {
@@ -117,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> causal_attention(at::Tensor qkv, 
           float* row = s + j * e;
           const int64_t n = i0 + j + 1;  // keys 0..i0+j are visible
           const float m = max_of(row, n);
-          const float sum = exp_shifted(row, n, m);
+          const float sum = exp_shifted(row, row, n, m);
           std::fill(row + n, row + e, 0.0f);
           inv_sum[j] = 1.0f / sum;
           l[i0 + j] = m + std::log(sum);
@@ -179,7 +159,7 @@ at::Tensor causal_attention_backward(at::Tensor grad, at::Tensor qkv, at::Tensor
           for (int64_t j = 0; j < r; ++j) {  // the weights again, from the saved log-sum-exp
             float* row = scratch.data() + j * e;
             const int64_t n = i0 + j + 1;
-            exp_shifted(row, n, l[i0 + j]);
+            exp_shifted(row, row, n, l[i0 + j]);
             std::fill(row + n, row + e, 0.0f);
           }
           p = scratch.data();

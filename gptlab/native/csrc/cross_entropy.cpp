@@ -37,52 +37,55 @@ float logsumexp(const float* x, int64_t n) {
   return m + std::log(s);
 }
 
-void check_operands(const at::Tensor& logits, const at::Tensor& targets) {
+// the operands checked, every target inside the vocabulary or ignored; the number of rows counted in the mean
+int64_t checked_rows(const at::Tensor& logits, const at::Tensor& targets) {
   TORCH_CHECK(logits.dim() == 2 && logits.scalar_type() == at::kFloat && logits.is_contiguous() &&
               logits.device().is_cpu(), "logits must be contiguous float32 (rows, vocab) on the CPU");
   TORCH_CHECK(targets.dim() == 1 && targets.scalar_type() == at::kLong && targets.is_contiguous() &&
               targets.size(0) == logits.size(0), "targets must be int64 with one entry per row of logits");
-}
-
-}  // namespace
-
-// (mean loss, per-row logsumexp for the backward)
-std::tuple<at::Tensor, at::Tensor> cross_entropy(at::Tensor logits, at::Tensor targets) {
-  check_operands(logits, targets);
   const int64_t R = logits.size(0), N = logits.size(1);
-  auto lse = at::empty({R}, logits.options());
-  const float* xp = logits.data_ptr<float>();
-  const int64_t* tp = targets.data_ptr<int64_t>();
-  float* lp = lse.data_ptr<float>();
-  for (int64_t r = 0; r < R; ++r)
-    TORCH_CHECK(tp[r] == kIgnore || (tp[r] >= 0 && tp[r] < N), "target ", tp[r], " is outside the vocabulary of ", N);
-  at::parallel_for(0, R, kRowGrain, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) lp[r] = logsumexp(xp + r * N, N);
-  });
-  double total = 0.0;
-  int64_t counted = 0;
-  for (int64_t r = 0; r < R; ++r)
-    if (tp[r] != kIgnore) {
-      total += static_cast<double>(lp[r]) - xp[r * N + tp[r]];
-      ++counted;
-    }
-  const float mean = counted ? static_cast<float>(total / counted) : std::numeric_limits<float>::quiet_NaN();
-  return {at::full({}, mean, logits.options()), lse};
-}
-
-// (mean loss, its gradient d loss / d logits = (softmax − one-hot) / rows counted), for a training step: the one
-// exponential per logit that the logsumexp needs is written into the gradient's row, which is then scaled while
-// it is still in cache, so the logits are read from memory once and no backward pass reads them again
-std::tuple<at::Tensor, at::Tensor> cross_entropy_with_grad(at::Tensor logits, at::Tensor targets) {
-  check_operands(logits, targets);
-  const int64_t R = logits.size(0), N = logits.size(1);
-  const float* xp = logits.data_ptr<float>();
   const int64_t* tp = targets.data_ptr<int64_t>();
   int64_t counted = 0;
   for (int64_t r = 0; r < R; ++r) {
     TORCH_CHECK(tp[r] == kIgnore || (tp[r] >= 0 && tp[r] < N), "target ", tp[r], " is outside the vocabulary of ", N);
     counted += tp[r] != kIgnore;
   }
+  return counted;
+}
+
+// the mean of the counted rows' losses as a float32 scalar (NaN when no row counts, as the library gives)
+at::Tensor mean_loss(double total, int64_t counted, const at::Tensor& like) {
+  return at::full({}, counted ? static_cast<float>(total / counted) : std::numeric_limits<float>::quiet_NaN(),
+                  like.options());
+}
+
+}  // namespace
+
+// (mean loss, per-row logsumexp for the backward)
+std::tuple<at::Tensor, at::Tensor> cross_entropy(at::Tensor logits, at::Tensor targets) {
+  const int64_t counted = checked_rows(logits, targets);
+  const int64_t R = logits.size(0), N = logits.size(1);
+  auto lse = at::empty({R}, logits.options());
+  const float* xp = logits.data_ptr<float>();
+  const int64_t* tp = targets.data_ptr<int64_t>();
+  float* lp = lse.data_ptr<float>();
+  at::parallel_for(0, R, kRowGrain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) lp[r] = logsumexp(xp + r * N, N);
+  });
+  double total = 0.0;
+  for (int64_t r = 0; r < R; ++r)
+    if (tp[r] != kIgnore) total += static_cast<double>(lp[r]) - xp[r * N + tp[r]];
+  return {mean_loss(total, counted, logits), lse};
+}
+
+// (mean loss, its gradient d loss / d logits = (softmax − one-hot) / rows counted), for a training step: the one
+// exponential per logit that the logsumexp needs is written into the gradient's row, which is then scaled while
+// it is still in cache, so the logits are read from memory once and no backward pass reads them again
+std::tuple<at::Tensor, at::Tensor> cross_entropy_with_grad(at::Tensor logits, at::Tensor targets) {
+  const int64_t counted = checked_rows(logits, targets);
+  const int64_t R = logits.size(0), N = logits.size(1);
+  const float* xp = logits.data_ptr<float>();
+  const int64_t* tp = targets.data_ptr<int64_t>();
   auto grad = at::empty_like(logits);
   auto row_loss = at::empty({R}, logits.options().dtype(at::kDouble));
   float* gp = grad.data_ptr<float>();
@@ -103,26 +106,13 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_with_grad(at::Tensor logits, at
         lp[r] = std::numeric_limits<double>::quiet_NaN();
         continue;
       }
-      const V::T shift = V::set1(m);
-      V::T acc = V::zero();
-      int64_t i = 0;
-      for (; i + V::L <= N; i += V::L) {
-        const V::T e = gptlab::exp_nonpositive(V::sub(V::load(x + i), shift));
-        V::store(g + i, e);
-        acc = V::add(acc, e);
-      }
-      float sum = V::sum(acc);
-      for (; i < N; ++i) sum += (g[i] = std::exp(x[i] - m));
-      const float scale = per_row / sum;
-      const V::T s = V::set1(scale);
-      for (i = 0; i + V::L <= N; i += V::L) V::store(g + i, V::mul(V::load(g + i), s));
-      for (; i < N; ++i) g[i] *= scale;
+      const float sum = gptlab::exp_shifted(x, g, N, m);
+      gptlab::scale_row(g, N, per_row / sum);
       g[tp[r]] -= per_row;
       lp[r] = static_cast<double>(m) + std::log(static_cast<double>(sum)) - x[tp[r]];
     }
   });
   double total = 0.0;
   for (int64_t r = 0; r < R; ++r) total += lp[r];
-  const float mean = counted ? static_cast<float>(total / counted) : std::numeric_limits<float>::quiet_NaN();
-  return {at::full({}, mean, logits.options()), grad};
+  return {mean_loss(total, counted, logits), grad};
 }

@@ -14,6 +14,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> causal_attention(torch::
 torch::Tensor causal_attention_backward(torch::Tensor grad, torch::Tensor qkv, torch::Tensor y, torch::Tensor lse,
                                         torch::Tensor weights);
 bool causal_attention_available();
+int64_t weights_per_pair(int64_t T);
 torch::Tensor gelu_tanh(torch::Tensor x);
 std::tuple<torch::Tensor, torch::Tensor> cross_entropy(torch::Tensor logits, torch::Tensor targets);
 std::tuple<torch::Tensor, torch::Tensor> cross_entropy_with_grad(torch::Tensor logits, torch::Tensor targets);
@@ -62,6 +63,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("causal_attention", &causal_attention, "causal attention of a whole sequence, each query's logsumexp and the "
         "weights if asked to keep them");
   m.def("causal_attention_backward", &causal_attention_backward, "its gradient for the fused (B, T, 3, H, D) qkv");
+  m.def("kept_weights_per_pair", &weights_per_pair,
+        "floats of the attention weights causal_attention keeps per (batch, head) pair");
   m.def("gelu_tanh", &gelu_tanh, "GPT-2's tanh-approximated GELU");
   m.def("gelu_tanh_backward", &gelu_tanh_backward, "its gradient: grad · dGELU/dx");
   m.def("cross_entropy", &cross_entropy, "mean cross-entropy of rows of logits, and each row's logsumexp");

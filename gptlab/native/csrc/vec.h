@@ -2,6 +2,7 @@
 // GPTLAB_AVX512 selects 16-lane AVX-512 vectors, otherwise AVX2 + FMA with 8 lanes.
 #pragma once
 #include <immintrin.h>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -122,6 +123,29 @@ inline float max_of(const float* p, int64_t n) {
   }
   for (; i < n; ++i) m = m < p[i] ? p[i] : m;
   return m;
+}
+
+// out[0..n) = exp(x − shift) for x ≤ shift (out may be x), returning their sum
+inline float exp_shifted(const float* x, float* out, int64_t n, float shift) {
+  const V::T sh = V::set1(shift);
+  V::T acc = V::zero();
+  int64_t i = 0;
+  for (; i + V::L <= n; i += V::L) {
+    const V::T e = exp_nonpositive(V::sub(V::load(x + i), sh));
+    V::store(out + i, e);
+    acc = V::add(acc, e);
+  }
+  float s = V::sum(acc);
+  for (; i < n; ++i) s += (out[i] = std::exp(x[i] - shift));
+  return s;
+}
+
+// p[0..n) *= s
+inline void scale_row(float* p, int64_t n, float s) {
+  const V::T f = V::set1(s);
+  int64_t i = 0;
+  for (; i + V::L <= n; i += V::L) V::store(p + i, V::mul(V::load(p + i), f));
+  for (; i < n; ++i) p[i] *= s;
 }
 
 // tanh z = sign(z) · (1 − e^(−2|z|)) / (1 + e^(−2|z|)): no overflow, and 1 for large |z|.
